@@ -1,0 +1,3 @@
+"""migstream: read QEMU migration and savevm streams."""
+
+__version__ = "0.1.0"
