@@ -8,6 +8,7 @@ descriptor with the stream's start in that file.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from typing import Any
@@ -59,24 +60,18 @@ class Source:
 
     def close(self) -> None:
         """Release the mapping and the descriptor (and any temporary file)."""
-        try:
+        with contextlib.suppress(BufferError):
             self.buffer.release()
-        except BufferError:
-            pass
         if self._mmap is not None:
-            try:
+            with contextlib.suppress(BufferError):  # a view is still exported; it goes with the process
                 self._mmap.close()
-            except BufferError:
-                pass  # a view is still exported; the mapping goes with the process
             self._mmap = None
         if self._owns_fd and self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         if self._temp_path is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(self._temp_path)
-            except OSError:
-                pass
             self._temp_path = None
 
     def __enter__(self) -> Source:

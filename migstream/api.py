@@ -1,0 +1,171 @@
+"""The Python entry point: ``migstream.open()`` and the :class:`Stream` it returns."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
+
+from .containers import Source, open_source
+from .errors import DescriptionError, UsageError
+from .model.ram import RamBlock
+from .model.records import Configuration, Diagnostic, Record
+from .model.stream import DeviceState, ParsedStream
+from .records.parser import parse_stream
+
+PathOrFile = str | os.PathLike[str] | BinaryIO
+
+
+class Stream:
+    """A parsed QEMU stream; keeps its bytes mapped until :meth:`close`.
+
+    ``channels`` are the multifd channel captures of the same migration, when
+    pages travelled on them.
+    """
+
+    def __init__(self, source: Source, parsed: ParsedStream, channels: Sequence[Source] = ()) -> None:
+        self.source = source
+        self.parsed = parsed
+        self.channels = tuple(channels)
+        self._cpus: list[Any] | None = None
+
+    # -- what the stream holds --------------------------------------------------
+    @property
+    def records(self) -> tuple[Record, ...]:
+        return self.parsed.records
+
+    @property
+    def configuration(self) -> Configuration | None:
+        return self.parsed.configuration
+
+    @property
+    def machine(self) -> str | None:
+        return self.parsed.configuration.machine if self.parsed.configuration else None
+
+    @property
+    def ram_blocks(self) -> tuple[RamBlock, ...]:
+        return self.parsed.ram.blocks
+
+    @property
+    def devices(self) -> tuple[DeviceState, ...]:
+        return self.parsed.devices
+
+    @property
+    def diagnostics(self) -> tuple[Diagnostic, ...]:
+        return self.parsed.diagnostics
+
+    @property
+    def vmdesc(self) -> Mapping[str, Any] | None:
+        return self.parsed.vmdesc
+
+    @property
+    def has_own_description(self) -> bool:
+        return self.parsed.vmdesc_offset is not None
+
+    @property
+    def page_size(self) -> int:
+        return self.parsed.page_size
+
+    @property
+    def commands(self) -> tuple[Record, ...]:
+        return tuple(r for r in self.parsed.records if r.command is not None)
+
+    def device(self, name: str, instance_id: int = 0) -> DeviceState:
+        for dev in self.parsed.devices:
+            if dev.name == name and dev.instance_id == instance_id:
+                return dev
+        raise UsageError(f"no device section {name!r} instance {instance_id}")
+
+    def require_state(self) -> None:
+        """Raise unless device state could be decoded (a description was at hand)."""
+        if self.parsed.vmdesc is None:
+            raise DescriptionError("the stream has no VM description (JSON); device state cannot be decoded "
+                                   "without one: pass --desc FILE (e.g. `migstream desc` of a stream from the "
+                                   "same QEMU and machine)")
+
+    @property
+    def arch(self) -> str | None:
+        from .outputs.summary import guess_arch
+
+        return guess_arch(self)
+
+    def cpus(self) -> list[Any]:
+        """The vCPUs' registers (``CpuState`` objects)."""
+        if self._cpus is None:
+            from .decoders.cpus import cpus_from_devices
+            from .outputs.state_json import to_plain
+
+            self.require_state()
+            devs = [(d.name, d.instance_id, to_plain(d.state)) for d in self.devices if d.state is not None]
+            self._cpus = list(cpus_from_devices(devs, self.arch))
+        return self._cpus
+
+    # -- life cycle ---------------------------------------------------------------
+    def close(self) -> None:
+        self.source.close()
+        for ch in self.channels:
+            ch.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.source.name!r} machine={self.machine!r} records={len(self.records)}>"
+
+
+def load_description(path: str | os.PathLike[str]) -> Mapping[str, Any]:
+    """A VM description from a JSON file (as `migstream desc` or QEMU's script `-d desc` print it)."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8", "replace"), strict=False)
+    except OSError as exc:
+        raise UsageError(f"cannot read description {os.fspath(path)}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise DescriptionError(f"description {os.fspath(path)} is not JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
+        raise DescriptionError(f"description {os.fspath(path)} has no 'devices' list")
+    return data
+
+
+def open(  # noqa: A001 - the natural name for the entry point
+    target: PathOrFile,
+    *,
+    desc: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+    channels: Sequence[PathOrFile] = (),
+    snapshot: str | None = None,
+) -> Stream:
+    """Open and parse a stream (path, ``"-"`` for standard input, or a binary file).
+
+    ``desc`` is a VM description (mapping or JSON file) for streams that carry
+    none; ``channels`` are multifd channel captures; ``snapshot`` selects a qcow2
+    internal snapshot (default: the last one).
+    """
+    if desc is not None and not isinstance(desc, Mapping):
+        desc = load_description(desc)
+    source = _open(target, snapshot)
+    opened: list[Source] = []
+    try:
+        parsed = parse_stream(source.buffer, desc)
+        for ch in channels:
+            opened.append(_open(ch, None))
+        stream = Stream(source, parsed, opened)
+        if opened:
+            from .decoders.multifd import index_channels
+
+            index_channels(stream)
+        return stream
+    except BaseException:
+        source.close()
+        for ch in opened:
+            ch.close()
+        raise
+
+
+def _open(target: PathOrFile, snapshot: str | None) -> Source:
+    if snapshot is None:
+        return open_source(target)
+    return open_source(target, snapshot=snapshot)  # type: ignore[call-arg]

@@ -1,0 +1,58 @@
+"""What both command-line programs share: error reporting and output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import MigstreamError
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_guarded(prog: str, body: Callable[[], int], traceback: bool) -> int:
+    """Run ``body``; turn any failure into one stderr line and a non-zero exit (unless ``traceback``)."""
+    try:
+        return body()
+    except MigstreamError as exc:
+        if traceback:
+            raise
+        sys.stderr.write(f"{prog}: error: {one_line(str(exc))}\n")
+        return 1
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); nothing more to say.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter shutdown quiet
+        except OSError:
+            pass
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return 130
+    except MemoryError:
+        if traceback:
+            raise
+        sys.stderr.write(f"{prog}: error: out of memory\n")
+        return 1
+    except OSError as exc:
+        if traceback:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        sys.stderr.write(f"{prog}: error:{where} {exc.strerror or exc}\n")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the contract: never a traceback without --traceback
+        if traceback:
+            raise
+        sys.stderr.write(f"{prog}: internal error: {type(exc).__name__}: {one_line(str(exc))} "
+                         f"(run with --traceback and report it)\n")
+        return 2
+
+
+def print_json(data: Any, *, indent: int | None = 2) -> None:
+    sys.stdout.write(json.dumps(data, indent=indent))
+    sys.stdout.write("\n")

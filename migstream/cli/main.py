@@ -1,0 +1,179 @@
+"""The ``migstream`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__  # noqa: F401
+from ..api import Stream
+from ..api import open as open_stream
+from ..errors import UsageError
+from .common import print_json, run_guarded
+
+PROG = "migstream"
+
+
+def _parse_map(values: Sequence[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in values:
+        name, sep, addr = item.rpartition("=")
+        if not sep or not name:
+            raise UsageError(f"--map takes BLOCK=GPA, got {item!r}")
+        try:
+            out[name] = int(addr, 0)
+        except ValueError:
+            raise UsageError(f"--map: {addr!r} is not an address") from None
+    return out
+
+
+def _open(args: argparse.Namespace, inputs: Sequence[str] | None = None) -> Stream:
+    paths = list(inputs if inputs is not None else [args.input])
+    return open_stream(paths[0], desc=getattr(args, "desc", None), channels=paths[1:],
+                       snapshot=getattr(args, "snapshot", None))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..outputs.summary import info_json, info_text
+
+    with _open(args, args.inputs) as stream:
+        if args.json:
+            print_json(info_json(stream), indent=None if args.compact else 2)
+        else:
+            sys.stdout.write(info_text(stream, all_records=args.all))
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from ..outputs.state_json import to_typed
+
+    with _open(args) as stream:
+        stream.require_state()
+        out = {
+            "machine": stream.machine,
+            "devices": [
+                {"name": d.name, "instance_id": d.instance_id, "section_id": d.section_id,
+                 "version_id": d.version_id, "vmsd_name": d.vmsd_name, "offset": d.offset,
+                 "state": to_typed(d.state, offsets=args.offsets)}
+                for d in stream.devices if args.device is None or d.name == args.device
+            ],
+        }
+        if args.json or True:
+            print_json(out, indent=None if args.compact else 2)
+    return 0
+
+
+def cmd_desc(args: argparse.Namespace) -> int:
+    with _open(args) as stream:
+        if not stream.has_own_description:
+            raise UsageError("the stream has no VM description (suppress-vmdesc, postcopy, or QEMU < 2.3)")
+        print_json(stream.vmdesc, indent=None if args.compact else 2)
+    return 0
+
+
+def cmd_cpus(args: argparse.Namespace) -> int:
+    with _open(args) as stream:
+        cpus = stream.cpus()
+        if args.json:
+            print_json([c.to_json() for c in cpus])
+        else:
+            from ..outputs.cpus_text import format_cpus
+
+            sys.stdout.write(format_cpus(cpus))
+    return 0
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from ..outputs.memory import write_memory
+
+    with _open(args, args.inputs) as stream:
+        report = write_memory(stream, args.output, fmt=args.format, overrides=_parse_map(args.map),
+                              print_map=args.print_map, force=args.force)
+        if report:
+            sys.stdout.write(report)
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from ..outputs.extract import extract
+
+    with _open(args, args.inputs) as stream:
+        for line in extract(stream, args.output, force=args.force):
+            sys.stdout.write(line + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Read QEMU migration and savevm streams.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser, multi: bool = False) -> None:
+        if multi:
+            sp.add_argument("inputs", nargs="+", metavar="INPUT",
+                            help="the stream (path or - for standard input), then any multifd channel captures")
+        else:
+            sp.add_argument("input", metavar="INPUT", help="the stream (path, or - for standard input)")
+        sp.add_argument("--snapshot", help="qcow2 images: the internal snapshot to read (name or id; default last)")
+        sp.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("info", help="records, sections, commands, RAM blocks, version hints")
+    common(sp, multi=True)
+    sp.add_argument("--json", action="store_true", help="one JSON object (see the CLI contract)")
+    sp.add_argument("--compact", action="store_true", help="JSON on one line")
+    sp.add_argument("--all", action="store_true", help="list every record (text form)")
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("state", help="decoded device state as typed JSON")
+    common(sp)
+    sp.add_argument("--desc", metavar="FILE", help="VM description (JSON) for a stream that has none")
+    sp.add_argument("--json", action="store_true", help="JSON output (the only form; accepted for symmetry)")
+    sp.add_argument("--offsets", action="store_true", help="every value as {value, type, offset, size}")
+    sp.add_argument("--device", metavar="IDSTR", help="only the sections with this idstr")
+    sp.add_argument("--compact", action="store_true", help="JSON on one line")
+    sp.set_defaults(func=cmd_state)
+
+    sp = sub.add_parser("desc", help="the stream's JSON VM description")
+    common(sp)
+    sp.add_argument("--compact", action="store_true", help="JSON on one line")
+    sp.set_defaults(func=cmd_desc)
+
+    sp = sub.add_parser("cpus", help="vCPU registers")
+    common(sp)
+    sp.add_argument("--desc", metavar="FILE", help="VM description (JSON) for a stream that has none")
+    sp.add_argument("--json", action="store_true", help="JSON list, one object per vCPU")
+    sp.set_defaults(func=cmd_cpus)
+
+    sp = sub.add_parser("memory", help="guest-physical memory image (raw or ELF core)")
+    common(sp, multi=True)
+    sp.add_argument("-o", "--output", help="output file")
+    sp.add_argument("--format", choices=("raw", "elf"), default="raw")
+    sp.add_argument("--map", action="append", default=[], metavar="BLOCK=GPA",
+                    help="place a RAM block at a guest-physical address (repeatable)")
+    sp.add_argument("--print-map", action="store_true", help="show the block -> guest-physical map")
+    sp.add_argument("--desc", metavar="FILE", help="VM description (JSON), for CPU notes in ELF output")
+    sp.add_argument("--force", action="store_true", help="overwrite OUT")
+    sp.set_defaults(func=cmd_memory)
+
+    sp = sub.add_parser("extract", help="desc.json, state.json and one sparse file per RAM block")
+    common(sp, multi=True)
+    sp.add_argument("-o", "--output", required=True, metavar="DIR")
+    sp.add_argument("--desc", metavar="FILE", help="VM description (JSON) for a stream that has none")
+    sp.add_argument("--force", action="store_true", help="overwrite files in DIR")
+    sp.set_defaults(func=cmd_extract)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    return run_guarded(PROG, lambda: int(args.func(args)), args.traceback)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The "ram" section: block list and page records, indexed as runs of pages.
+
+Every RAM record starts with a be64 word: the bits below the target page
+size are flags, the rest a block-relative offset.  Consecutive records of one
+kind on consecutive pages (the common case) are recognised in bulk with a
+strided numpy view, so a run of a million pages costs a handful of Python
+steps, not a million.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import LimitError, StreamFormatError, UnsupportedError
+from ..model.ram import MappedRamHeader, PageKind, RamBlock, RunTable
+from ..wire.constants import ENCODING_FLAG_XBZRLE, MAPPED_RAM_HEADER_SIZE, MAPPED_RAM_VERSION, RamFlag
+from ..wire.reader import Reader
+
+PAGE_KINDS = RamFlag.ZERO | RamFlag.PAGE | RamFlag.XBZRLE | RamFlag.COMPRESS_PAGE
+#: A block list longer than this is not a real VM.
+MAX_RAM_BLOCKS = 65536
+#: Largest compressed page record accepted (a page never deflates to more than this).
+MAX_COMPRESSED_PAGE = 1 << 20
+
+_FIRST_PROBE = 8
+_MAX_PROBE = 1 << 16
+
+
+@dataclass
+class RamOptions:
+    """Stream-level facts the RAM records depend on."""
+
+    page_size: int = 4096
+    ignore_shared: bool = False
+    mapped_ram: bool = False
+    #: True when a 16-byte POSTCOPY_ADVISE said per-block page sizes may be listed.
+    postcopy_page_sizes: bool = False
+    #: ADVISE page-size summary (bitwise OR of all block page sizes), when known.
+    postcopy_page_summary: int | None = None
+
+
+@dataclass
+class RamCounters:
+    pages: int = 0
+    zero: int = 0
+    zero_nonzero_fill: int = 0
+    xbzrle: int = 0
+    compressed: int = 0
+    mapped: int = 0
+    multifd_flush: int = 0
+    eos: int = 0
+    mem_size_records: int = 0
+
+
+@dataclass
+class RamState:
+    """What the RAM decoder keeps for the whole stream (blocks persist across sections)."""
+
+    options: RamOptions
+    blocks: list[RamBlock] = field(default_factory=list)
+    by_name: dict[str, int] = field(default_factory=dict)
+    runs: RunTable = field(default_factory=RunTable)
+    counters: RamCounters = field(default_factory=RamCounters)
+    current_block: int | None = None
+    block_list_offset: int | None = None
+
+
+def _flag_names(flags: int) -> str:
+    names = [f.name or "" for f in RamFlag if flags & f]
+    rest = flags & ~sum(int(f) for f in RamFlag)
+    if rest:
+        names.append(f"{rest:#x}")
+    return "|".join(names) or "0"
+
+
+class RamDecoder:
+    """Parses RAM section payloads into ``state`` (one decoder per stream channel)."""
+
+    def __init__(self, state: RamState, channel: int = 0) -> None:
+        self.state = state
+        self.channel = channel
+        ps = state.options.page_size
+        if ps <= 0 or ps & (ps - 1):
+            raise StreamFormatError("target page size is not a power of two", found=ps)
+
+    # -- block list -------------------------------------------------------
+    def _mem_size(self, r: Reader, total: int) -> None:
+        st = self.state
+        opts = st.options
+        st.counters.mem_size_records += 1
+        if st.blocks:
+            # A later block list (it changed during migration): start over.
+            st.blocks.clear()
+            st.by_name.clear()
+        st.block_list_offset = r.pos - 8
+        remaining = total
+        while remaining > 0:
+            if len(st.blocks) >= MAX_RAM_BLOCKS:
+                raise LimitError("too many RAM blocks", offset=r.pos, section=r.context,
+                                 expected=f"<= {MAX_RAM_BLOCKS}", found=len(st.blocks))
+            entry = r.pos
+            name = r.cstr8("a RAM block name")
+            used = r.be64("a RAM block length")
+            if used > remaining:
+                raise StreamFormatError(
+                    f"RAM block {name!r} is longer than what is left of the announced total",
+                    offset=entry, section=r.context, field="ram.blocks", expected=f"<= {remaining:#x}",
+                    found=used)
+            page_size = None
+            if opts.postcopy_page_sizes and self._has_page_size(r):
+                page_size = r.be64("a RAM block page size")
+            mr_addr = None
+            if opts.ignore_shared:
+                mr_addr = r.be64("a RAM block memory region address")
+            mapped = None
+            if opts.mapped_ram:
+                hstart = r.pos
+                version = r.be32("mapped-ram header version")
+                mps = r.be64("mapped-ram page size")
+                bitmap_offset = r.be64("mapped-ram bitmap offset")
+                pages_offset = r.be64("mapped-ram pages offset")
+                if version > MAPPED_RAM_VERSION:
+                    raise UnsupportedError("mapped-ram header version is newer than this reader knows",
+                                           offset=hstart, section=r.context, expected=f"<= {MAPPED_RAM_VERSION}",
+                                           found=version)
+                assert r.pos - hstart == MAPPED_RAM_HEADER_SIZE
+                mapped = MappedRamHeader(version, mps, bitmap_offset, pages_offset)
+            block = RamBlock(len(st.blocks), name, used, entry, page_size, mr_addr, mapped)
+            st.by_name[name] = block.index
+            st.blocks.append(block)
+            remaining -= used
+            if mapped is not None and pages_offset:
+                # The writer jumps over the region that holds this block's pages.
+                target = pages_offset + used
+                if target < r.pos or target > r.end:
+                    raise StreamFormatError("mapped-ram pages region lies outside the stream", offset=hstart,
+                                            section=r.context, field=f"ram.blocks[{name}]",
+                                            expected=f"{r.pos:#x}..{r.end:#x}", found=target)
+                self._index_mapped(r, block, mapped)
+                r.pos = target
+
+    def _has_page_size(self, r: Reader) -> bool:
+        """Whether a per-block page size follows (only for hugepage-backed blocks, postcopy)."""
+        summary = self.state.options.postcopy_page_summary
+        if summary is not None and summary & (summary - 1) == 0:
+            return False
+        if r.remaining < 9:
+            return False
+        candidate = int.from_bytes(r.buf[r.pos : r.pos + 8], "big")
+        return candidate >= 4096 and candidate & (candidate - 1) == 0 and candidate <= (1 << 40)
+
+    def _index_mapped(self, r: Reader, block: RamBlock, hdr: MappedRamHeader) -> None:
+        ps = hdr.page_size
+        if ps <= 0 or ps & (ps - 1):
+            raise StreamFormatError("mapped-ram page size is not a power of two", offset=block.offset,
+                                    section=r.context, found=ps)
+        npages = -(-block.size // ps)
+        nbytes = -(-npages // 64) * 8
+        if hdr.bitmap_offset + nbytes > r.end:
+            raise StreamFormatError("mapped-ram bitmap lies outside the stream", offset=block.offset,
+                                    section=r.context, field=f"ram.blocks[{block.name}]",
+                                    expected=f"<= {r.end:#x}", found=hdr.bitmap_offset + nbytes)
+        words = np.frombuffer(r.buf, dtype="<u8", count=nbytes // 8, offset=hdr.bitmap_offset)
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:npages]
+        if not bits.any():
+            return
+        # Runs of set bits -> runs of pages at fixed offsets.
+        padded = np.concatenate(([0], bits.astype(np.int8), [0]))
+        edges = np.flatnonzero(np.diff(padded))
+        starts, stops = edges[0::2], edges[1::2]
+        st = self.state
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            st.runs.add(block.index, a * ps, b - a, PageKind.MAPPED, hdr.pages_offset + a * ps, ps, 0, 0,
+                        self.channel)
+            st.counters.mapped += b - a
+
+    # -- page records -----------------------------------------------------
+    def read_section(self, r: Reader) -> None:
+        """Consume RAM records up to and including EOS."""
+        st = self.state
+        ps = st.options.page_size
+        mask = ps - 1
+        buf = r.buf
+        runs = st.runs
+        counters = st.counters
+        while True:
+            start = r.pos
+            word = r.be64("a RAM record")
+            flags = word & mask
+            addr = word & ~mask
+            kind_flags = flags & ~RamFlag.CONTINUE
+            if kind_flags == RamFlag.EOS:
+                counters.eos += 1
+                return
+            if kind_flags == RamFlag.MEM_SIZE:
+                self._mem_size(r, addr)
+                continue
+            if kind_flags == RamFlag.MULTIFD_FLUSH:
+                counters.multifd_flush += 1
+                continue
+            if kind_flags == RamFlag.HOOK:
+                raise UnsupportedError("RAM HOOK record: this stream was written for RDMA migration, whose pages "
+                                       "travel outside the stream", offset=start, section=r.context)
+            if kind_flags not in (RamFlag.ZERO, RamFlag.PAGE, RamFlag.XBZRLE, RamFlag.COMPRESS_PAGE):
+                raise StreamFormatError("unknown RAM record flags", offset=start, section=r.context,
+                                        expected="one of ZERO, PAGE, XBZRLE, COMPRESS_PAGE, MEM_SIZE, EOS, "
+                                        "MULTIFD_FLUSH (optionally with CONTINUE)", found=_flag_names(flags))
+            if flags & RamFlag.CONTINUE:
+                if st.current_block is None:
+                    raise StreamFormatError("page record continues a block, but no block was named before",
+                                            offset=start, section=r.context)
+                bi = st.current_block
+            else:
+                name = r.cstr8("a RAM block name")
+                found = st.by_name.get(name)
+                if found is None:
+                    raise StreamFormatError("page record names a RAM block that is not in the block list",
+                                            offset=start, section=r.context, found=repr(name))
+                bi = st.current_block = found
+            block = st.blocks[bi]
+            if addr + ps > block.size and addr >= block.size:
+                raise StreamFormatError(f"page offset lies beyond the end of RAM block {block.name!r}",
+                                        offset=start, section=r.context, expected=f"< {block.size:#x}",
+                                        found=addr)
+            head = r.pos - start
+            if kind_flags == RamFlag.PAGE:
+                r.skip(ps, "a page")
+                count = 1
+                if flags & RamFlag.CONTINUE:
+                    count += self._extend(buf, start, head + ps, word, ps, block.size - addr, r.end, -1)
+                    r.pos = start + count * (head + ps)
+                runs.add(bi, addr, count, PageKind.PAGE, start, head + ps, head, 0, self.channel)
+                counters.pages += count
+            elif kind_flags == RamFlag.ZERO:
+                fill = r.u8("a zero page fill byte")
+                count = 1
+                if flags & RamFlag.CONTINUE:
+                    count += self._extend(buf, start, head + 1, word, ps, block.size - addr, r.end, fill)
+                    r.pos = start + count * (head + 1)
+                runs.add(bi, addr, count, PageKind.ZERO, start, head + 1, head, fill, self.channel)
+                counters.zero += count
+                if fill:
+                    counters.zero_nonzero_fill += count
+            elif kind_flags == RamFlag.XBZRLE:
+                enc = r.u8("an XBZRLE encoding flag")
+                if enc != ENCODING_FLAG_XBZRLE:
+                    raise StreamFormatError("bad XBZRLE encoding flag", offset=r.pos - 1, section=r.context,
+                                            expected=ENCODING_FLAG_XBZRLE, found=enc)
+                n = r.be16("an XBZRLE length")
+                if n > ps:
+                    raise LimitError("XBZRLE data longer than a page", offset=r.pos - 2, section=r.context,
+                                     expected=f"<= {ps}", found=n)
+                r.skip(n, "XBZRLE data")
+                runs.add(bi, addr, 1, PageKind.XBZRLE, start, 0, r.pos - n - start, n, self.channel)
+                counters.xbzrle += 1
+            else:
+                n = r.be32("a compressed page length")
+                r.bounded_length(n, MAX_COMPRESSED_PAGE, "a compressed page")
+                r.skip(n, "compressed page data")
+                runs.add(bi, addr, 1, PageKind.COMPRESS, start, 0, r.pos - n - start, n, self.channel)
+                counters.compressed += 1
+
+    @staticmethod
+    def _extend(buf: memoryview, start: int, stride: int, word: int, ps: int, block_left: int, end: int,
+                fill: int) -> int:
+        """How many records right after the one at ``start`` continue its run.
+
+        They must sit every ``stride`` bytes, carry the same flags, name the next
+        pages of the same block, and (zero pages) the same fill byte.
+        """
+        limit = min((block_left // ps) - 1, (end - start) // stride - 1)
+        total = 0
+        probe = _FIRST_PROBE
+        base = start
+        while total < limit:
+            n = min(probe, limit - total)
+            first = base + stride
+            words = np.ndarray((n,), dtype=">u8", buffer=buf, offset=first, strides=(stride,))
+            expected = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(ps) + np.uint64(word)
+            ok = words == expected
+            if fill >= 0:
+                fills = np.ndarray((n,), dtype=np.uint8, buffer=buf, offset=first + stride - 1, strides=(stride,))
+                ok &= fills == fill
+            if ok.all():
+                total += n
+                word += n * ps
+                base += n * stride
+                probe = min(probe * 4, _MAX_PROBE)
+                continue
+            total += int(np.argmin(ok))
+            break
+        return total

@@ -1,0 +1,346 @@
+"""Device state (vmstate) decoded with the stream's JSON VM description.
+
+The description gives, for every FULL section, each field's name, type and
+exact wire size.  The decoder walks it over the section bytes and builds a
+tree: a :class:`Struct` maps field names to :class:`Leaf` values (or lists of
+them when a name repeats: arrays), nested structs, and subsections (keyed by
+their name as written in the stream).
+"""
+
+from __future__ import annotations
+
+import struct as _struct
+from collections.abc import Iterator, Mapping
+from typing import Any, Union
+
+from ..errors import DescriptionError, MigstreamError, StreamFormatError
+from ..wire.constants import VMS_NULLPTR_MARKER, RecordType
+from ..wire.reader import Reader
+
+#: Integer types and whether QEMU reads them signed (as its JSON names them).
+INT_TYPES: Mapping[str, bool] = {
+    "int8": True,
+    "int16": True,
+    "int32": True,
+    "int64": True,
+    "int32 equal": True,
+    "int32 le": True,
+    "int64 equal": True,
+    "uint8 equal": True,
+    "uint16 equal": True,
+    "uint8": False,
+    "uint16": False,
+    "uint32": False,
+    "uint64": False,
+    "uint32 equal": False,
+}
+#: Types whose entry carries a nested description in the field object itself.
+INLINE_STRUCT_TYPES = frozenset({"vstruct", "tmp"})
+#: Types decoded as a number in typed output (but shown as bytes by QEMU's script).
+NUMERIC_OPAQUE_TYPES = frozenset({"timer"})
+FLOAT_TYPES = frozenset({"float64", "CPU_Double_U"})
+
+#: Deepest nesting of structs accepted (real descriptions stay far below).
+MAX_DEPTH = 64
+
+
+class Leaf:
+    """One decoded field element.
+
+    ``value`` is an ``int`` (integer types), ``bool``, ``str`` (capability),
+    ``None`` (nullptr) or ``bytes`` (everything else, as on the wire).
+    ``inner`` is the decoded nested structure of ``vstruct``/``tmp`` entries.
+    """
+
+    __slots__ = ("type", "offset", "size", "value", "signed", "inner")
+
+    def __init__(self, type: str, offset: int, size: int, value: int | bool | bytes | str | None,
+                 signed: bool = False, inner: Struct | None = None) -> None:
+        self.type = type
+        self.offset = offset
+        self.size = size
+        self.value = value
+        self.signed = signed
+        self.inner = inner
+
+    @property
+    def raw_int(self) -> int:
+        """The value as an unsigned integer of its width (integers only)."""
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            raise TypeError(f"{self.type} is not an integer")
+        return self.value & ((1 << (8 * self.size)) - 1)
+
+    def __repr__(self) -> str:
+        return f"Leaf({self.type!r}, {self.offset:#x}, {self.size}, {self.value!r})"
+
+
+class IntArray:
+    """A run of integers of one type read in bulk (an array field): compact, no object per element."""
+
+    __slots__ = ("type", "offset", "size", "signed", "values")
+
+    def __init__(self, type: str, offset: int, size: int, signed: bool, values: tuple[int, ...]) -> None:
+        self.type = type
+        self.offset = offset
+        self.size = size  # bytes per element
+        self.signed = signed
+        self.values = values
+
+    def leaves(self) -> list[Leaf]:
+        return [Leaf(self.type, self.offset + i * self.size, self.size, v, self.signed)
+                for i, v in enumerate(self.values)]
+
+
+Node = Union[Leaf, "Struct", list[Any]]
+
+
+class Struct(dict[str, Any]):
+    """Decoded vmsd: field name -> Leaf | Struct | list; keeps where it was read."""
+
+    __slots__ = ("offset", "size", "vmsd_name", "version")
+
+    def __init__(self, offset: int, vmsd_name: str | None = None, version: int | None = None) -> None:
+        super().__init__()
+        self.offset = offset
+        self.size = 0
+        self.vmsd_name = vmsd_name
+        self.version = version
+
+    def add(self, name: str, node: Any) -> None:
+        """Store a field; a repeated name turns the entry into a list (arrays)."""
+        if name not in self:
+            self[name] = node
+            return
+        prev = self[name]
+        if isinstance(prev, IntArray):
+            prev = _Elements(prev.leaves())
+            self[name] = prev
+        if isinstance(node, IntArray):
+            items: list[Any] = node.leaves()
+        else:
+            items = [node]
+        if isinstance(prev, _Elements):
+            prev.extend(items)
+        else:
+            self[name] = _Elements([prev, *items])
+
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, Leaf]]:
+        """Every leaf with its path, e.g. ``env.segs[1].base``."""
+        for name, node in self.items():
+            yield from _walk(node, f"{prefix}.{name}" if prefix else name)
+
+
+class _Elements(list[Any]):
+    """The list made from a repeated field name (distinct from a Leaf's bytes)."""
+
+
+def _walk(node: Any, path: str) -> Iterator[tuple[str, Leaf]]:
+    if isinstance(node, Leaf):
+        yield path, node
+        if node.inner is not None:
+            yield from node.inner.walk(path)
+    elif isinstance(node, Struct):
+        yield from node.walk(path)
+    elif isinstance(node, IntArray):
+        for i, leaf in enumerate(node.leaves()):
+            yield f"{path}[{i}]", leaf
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _walk(item, f"{path}[{i}]")
+
+
+_BE_UNSIGNED = {1: _struct.Struct(">B"), 2: _struct.Struct(">H"), 4: _struct.Struct(">I"), 8: _struct.Struct(">Q")}
+_BE_SIGNED = {1: _struct.Struct(">b"), 2: _struct.Struct(">h"), 4: _struct.Struct(">i"), 8: _struct.Struct(">q")}
+
+
+class NeedsSectionEnd(DescriptionError):
+    """The description cannot size a field; knowing where the section ends would settle it."""
+
+
+class VmstateDecoder:
+    """Decodes vmsd encodings described by JSON entries.
+
+    ``end_hint`` (where the section payload ends, known from its footer) lets the
+    decoder size the one thing older descriptions get wrong: a non-NULL slot in
+    an array of pointers described with the NULL slot's 1-byte size (QEMU < 10.0).
+    """
+
+    def __init__(self, section: str | None = None, end_hint: int | None = None) -> None:
+        self.section = section
+        self.end_hint = end_hint
+
+    def _error(self, message: str, r: Reader, path: str, **kw: Any) -> MigstreamError:
+        return StreamFormatError(message, offset=r.pos, section=self.section, field=path or None, **kw)
+
+    def decode_vmsd(self, r: Reader, desc: Mapping[str, Any], path: str = "", depth: int = 0) -> Struct:
+        """Fields then subsections of one vmsd description."""
+        if depth > MAX_DEPTH:
+            raise DescriptionError("description nests structs too deeply", offset=r.pos, section=self.section,
+                                   field=path)
+        out = Struct(r.pos, _str_or_none(desc.get("vmsd_name")), _int_or_none(desc.get("version")))
+        fields = desc.get("fields", [])
+        if not isinstance(fields, list):
+            raise DescriptionError("'fields' is not a list", section=self.section, field=path)
+        for i, fdesc in enumerate(fields):
+            if not isinstance(fdesc, Mapping):
+                raise DescriptionError("a field description is not an object", section=self.section, field=path)
+            if fdesc.get("type") == "struct" and fdesc.get("size") == 1 and isinstance(fdesc.get("struct"), Mapping) \
+                    and not fdesc["struct"].get("fields"):
+                tail = _fixed_size(fields[i + 1 :]) if depth == 0 and not desc.get("subsections") else None
+                self._decode_pointer_slots(r, fdesc, out, path, tail)
+                continue
+            self._decode_field(r, fdesc, out, path, depth)
+        subs = desc.get("subsections", [])
+        if subs:
+            if not isinstance(subs, list):
+                raise DescriptionError("'subsections' is not a list", section=self.section, field=path)
+            for sdesc in subs:
+                if not isinstance(sdesc, Mapping):
+                    raise DescriptionError("a subsection description is not an object", section=self.section,
+                                           field=path)
+                want = sdesc.get("vmsd_name")
+                start = r.pos
+                marker = r.u8("a subsection marker")
+                if marker != RecordType.SUBSECTION:
+                    r.pos = start
+                    raise self._error(f"subsection {want!r} expected", r, path,
+                                      expected=f"{int(RecordType.SUBSECTION):#04x}", found=f"{marker:#04x}")
+                name = r.cstr8("a subsection name")
+                if want is not None and name != want:
+                    raise StreamFormatError("subsection name differs from the description", offset=start,
+                                            section=self.section, field=path, expected=want, found=name)
+                version = r.be32("a subsection version")
+                sub = self.decode_vmsd(r, sdesc, f"{path}/{name}" if path else name, depth + 1)
+                sub.version = version
+                sub.offset = start
+                out.add(name, sub)
+        out.size = r.pos - out.offset
+        return out
+
+    def _decode_field(self, r: Reader, fdesc: Mapping[str, Any], out: Struct, path: str, depth: int) -> None:
+        name = fdesc.get("name")
+        ftype = fdesc.get("type")
+        if not isinstance(name, str) or not isinstance(ftype, str):
+            raise DescriptionError("a field description lacks its name or type", section=self.section, field=path)
+        count = fdesc.get("array_len", 1)
+        if not isinstance(count, int) or count < 0:
+            raise DescriptionError("bad array_len", section=self.section, field=f"{path}.{name}", found=count)
+        fpath = f"{path}.{name}" if path else name
+        size = fdesc.get("size", 0)
+        if not isinstance(size, int) or size < 0:
+            raise DescriptionError("bad field size", section=self.section, field=fpath, found=size)
+        if count > 1 and ftype in INT_TYPES and size in _BE_UNSIGNED:
+            # Bulk path for arrays of integers.
+            r.need(count * size, f"field {fpath}")
+            signed = INT_TYPES[ftype]
+            fmt = _struct.Struct(">" + str(count) + (_BE_SIGNED if signed else _BE_UNSIGNED)[size].format[1:])
+            values = fmt.unpack_from(r.buf, r.pos)
+            out.add(name, IntArray(ftype, r.pos, size, signed, values))
+            r.pos += count * size
+            return
+        for _ in range(count):
+            out.add(name, self._decode_element(r, fdesc, ftype, size, fpath, depth))
+
+    def _decode_pointer_slots(self, r: Reader, fdesc: Mapping[str, Any], out: Struct, path: str,
+                              tail: int | None) -> None:
+        """An array of pointers as older descriptions show it: every slot described as a 1-byte NULL."""
+        name = str(fdesc.get("name"))
+        count = fdesc.get("array_len", 1)
+        if not isinstance(count, int) or count < 0:
+            raise DescriptionError("bad array_len", section=self.section, field=f"{path}.{name}", found=count)
+        fpath = f"{path}.{name}" if path else name
+        for i in range(count):
+            start = r.pos
+            b = r.u8(f"field {fpath}")
+            if b == VMS_NULLPTR_MARKER:
+                out.add(name, Leaf("nullptr", start, 1, None))
+                continue
+            r.pos = start
+            if self.end_hint is None or tail is None:
+                raise NeedsSectionEnd("a pointer slot is not NULL, but the description only knows NULL slots "
+                                      "(QEMU < 10.0)", offset=start, section=self.section, field=f"{fpath}[{i}]")
+            left = count - i - 1
+            region_end = self.end_hint - tail
+            n = region_end - start - left
+            if n < 1 or bytes(r.buf[start + n : region_end]) != bytes([VMS_NULLPTR_MARKER]) * left:
+                raise DescriptionError("cannot size the non-NULL slots of a pointer array the description "
+                                       "mis-describes", offset=start, section=self.section, field=f"{fpath}[{i}]")
+            out.add(name, Leaf("struct", start, n, bytes(r.take(n))))
+            for _ in range(left):
+                out.add(name, Leaf("nullptr", r.pos, 1, None))
+                r.pos += 1
+            return
+
+    def _decode_element(self, r: Reader, fdesc: Mapping[str, Any], ftype: str, size: int, path: str,
+                        depth: int) -> Any:
+        start = r.pos
+        if ftype == "struct":
+            sdesc = fdesc.get("struct")
+            if not isinstance(sdesc, Mapping):
+                raise DescriptionError("struct field without a 'struct' description", section=self.section,
+                                       field=path)
+            if size == 1 and not sdesc.get("fields") and r.peek_u8() == VMS_NULLPTR_MARKER:
+                # Older descriptions show a NULL pointer slot with the pointee's type.
+                r.pos += 1
+                return Leaf("nullptr", start, 1, None)
+            node = self.decode_vmsd(r, sdesc, path, depth + 1)
+            return node
+        if ftype in INT_TYPES:
+            fmt = (_BE_SIGNED if INT_TYPES[ftype] else _BE_UNSIGNED).get(size)
+            if fmt is None:
+                raw = bytes(r.take(size, f"field {path}"))
+                return Leaf(ftype, start, size, int.from_bytes(raw, "big", signed=INT_TYPES[ftype]),
+                            INT_TYPES[ftype])
+            r.need(size, f"field {path}")
+            (v,) = fmt.unpack_from(r.buf, r.pos)
+            r.pos += size
+            return Leaf(ftype, start, size, int(v), INT_TYPES[ftype])
+        if ftype == "bool":
+            raw = bytes(r.take(size, f"field {path}"))
+            return Leaf(ftype, start, size, bool(raw[0]) if raw else False)
+        if ftype == "nullptr":
+            raw = bytes(r.take(size, f"field {path}"))
+            if raw != bytes([VMS_NULLPTR_MARKER]) * len(raw):
+                raise StreamFormatError("NULL pointer marker expected", offset=start, section=self.section,
+                                        field=path, expected=f"{VMS_NULLPTR_MARKER:#04x}", found=raw)
+            return Leaf(ftype, start, size, None)
+        if ftype == "capability":
+            n = r.u8("a capability name length")
+            return Leaf(ftype, start, n + 1, bytes(r.take(n, f"field {path}")).decode("utf-8", "replace"))
+        raw = bytes(r.take(size, f"field {path}"))
+        inner = None
+        if ftype in INLINE_STRUCT_TYPES and isinstance(fdesc.get("fields"), list):
+            inner = self._try_inline(r, fdesc, start, size, path, depth)
+        return Leaf(ftype, start, size, raw, False, inner)
+
+    def _try_inline(self, r: Reader, fdesc: Mapping[str, Any], start: int, size: int, path: str,
+                    depth: int) -> Struct | None:
+        """Decode a vstruct/tmp entry's own description, if it accounts for exactly its bytes."""
+        sub = Reader(r.buf, start, start + size)
+        try:
+            node = self.decode_vmsd(sub, fdesc, path, depth + 1)
+        except MigstreamError:
+            return None
+        return node if sub.pos == start + size else None
+
+
+def _fixed_size(fields: list[Any]) -> int | None:
+    """Wire size of fields that have a fixed size (no structs, no counted strings), else None."""
+    total = 0
+    for f in fields:
+        if not isinstance(f, Mapping) or f.get("type") in ("struct", "capability", "vstruct", "tmp", "qtailq",
+                                                            "qlist", "gtree"):
+            return None
+        size, count = f.get("size"), f.get("array_len", 1)
+        if not isinstance(size, int) or not isinstance(count, int):
+            return None
+        total += size * count
+    return total
+
+
+def _str_or_none(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _int_or_none(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None

@@ -1,0 +1,75 @@
+"""The result of parsing one stream."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..decoders.vmstate import Struct
+from .ram import RamBlock, RamStats, RunTable
+from .records import Configuration, Diagnostic, Record
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    """One device section (FULL) and, when a description was at hand, its decoded state."""
+
+    section_id: int
+    name: str
+    instance_id: int
+    version_id: int
+    offset: int  # the section record's offset
+    payload_offset: int
+    payload_size: int
+    vmsd_name: str | None
+    state: Struct | None
+    depth: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.name} ({self.section_id})"
+
+
+@dataclass(frozen=True)
+class LiveSection:
+    """A live (iterative) section other than RAM: what its payloads held, summed up."""
+
+    section_id: int
+    name: str
+    instance_id: int
+    version_id: int
+    summaries: tuple[tuple[str, int, Mapping[str, Any]], ...]  # (record type, offset, summary)
+    decoded: bool = True
+
+
+@dataclass(frozen=True)
+class RamIndex:
+    """RAM blocks and every page run of the stream."""
+
+    page_size: int
+    blocks: tuple[RamBlock, ...]
+    runs: RunTable
+    stats: RamStats
+    section_id: int | None = None
+    ignore_shared: bool = False
+    mapped_ram: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedStream:
+    size: int
+    version: int
+    records: tuple[Record, ...]
+    configuration: Configuration | None
+    page_size: int
+    footers: bool | None
+    vmdesc: Mapping[str, Any] | None
+    vmdesc_offset: int | None
+    ram: RamIndex
+    devices: tuple[DeviceState, ...]
+    live_sections: tuple[LiveSection, ...]
+    section_order: tuple[int, ...]  # section ids in order of first START/FULL
+    section_names: Mapping[int, str] = field(default_factory=dict)
+    diagnostics: tuple[Diagnostic, ...] = ()
+    eof_offset: int | None = None
