@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -120,7 +121,7 @@ class Stream:
 def load_description(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     """A VM description from a JSON file (as `migstream desc` or QEMU's script `-d desc` print it)."""
     try:
-        with open(path, "rb") as f:
+        with builtins.open(path, "rb") as f:
             data = json.loads(f.read().decode("utf-8", "replace"), strict=False)
     except OSError as exc:
         raise UsageError(f"cannot read description {os.fspath(path)}: {exc.strerror}") from None
@@ -166,6 +167,4 @@ def open(  # noqa: A001 - the natural name for the entry point
 
 
 def _open(target: PathOrFile, snapshot: str | None) -> Source:
-    if snapshot is None:
-        return open_source(target)
-    return open_source(target, snapshot=snapshot)  # type: ignore[call-arg]
+    return open_source(target, snapshot=snapshot)

@@ -78,6 +78,10 @@ def decompress(fd: int, base: int, size: int, kind: str, *, limit: int) -> int:
     try:
         if kind == KIND_LZOP:
             _run_lzop(fd, base, size, out, limit, what)
+        elif kind == KIND_ZSTD:
+            # The zstd reader ends quietly on a cut frame: check the framing first.
+            _check_zstd_frames(fd, base, size, what)
+            _decompress_with(_OPENERS[kind], fd, base, size, out, limit, what)
         else:
             _decompress_with(_OPENERS[kind], fd, base, size, out, limit, what)
     except BaseException:
@@ -105,6 +109,50 @@ def _decompress_with(
         if reader is not None:
             _quiet_close(reader)
         raw.close()
+
+
+ZSTD_FRAME_MAGIC = 0xFD2FB528
+ZSTD_SKIPPABLE_MAGIC = 0x184D2A50  # low 4 bits free
+ZSTD_BLOCK_RLE = 1
+ZSTD_BLOCK_RESERVED = 3
+_ZSTD_DICT_ID_SIZES = (0, 1, 2, 4)
+_ZSTD_CONTENT_SIZE_SIZES = (0, 2, 4, 8)  # flag 0 means 1 byte for single-segment frames
+
+
+def _check_zstd_frames(fd: int, base: int, size: int, what: str) -> None:
+    """Walk the zstd frame and block headers of ``[base, base + size)``; raise if cut or malformed."""
+    pos, end = base, base + size
+    frames = 0
+    while pos < end:
+        head = pread_upto(fd, pos, 8)
+        magic = int.from_bytes(head[:4], "little")
+        if len(head) >= 8 and magic & ~0xF == ZSTD_SKIPPABLE_MAGIC:
+            pos += 8 + int.from_bytes(head[4:8], "little")
+            continue
+        if magic != ZSTD_FRAME_MAGIC or len(head) < 5:
+            place = f"after frame {frames}" if frames else "at its start"
+            raise ContainerError(f"{what} is corrupt: no zstd frame {place} (offset {pos - base:#x})")
+        pos = _skip_zstd_frame(fd, pos, head[4], end, what)
+        frames += 1
+    if pos > end:
+        raise ContainerError(f"{what} is truncated: the last zstd frame is cut")
+
+
+def _skip_zstd_frame(fd: int, pos: int, descriptor: int, end: int, what: str) -> int:
+    single_segment = descriptor >> 5 & 1
+    content_size = _ZSTD_CONTENT_SIZE_SIZES[descriptor >> 6] or single_segment
+    pos += 5 + (not single_segment) + _ZSTD_DICT_ID_SIZES[descriptor & 3] + content_size
+    while True:
+        raw = pread_upto(fd, pos, 3)
+        if len(raw) < 3 or pos + 3 > end:
+            raise ContainerError(f"{what} is truncated: a zstd frame is cut")
+        header = int.from_bytes(raw, "little")
+        kind = header >> 1 & 3
+        if kind == ZSTD_BLOCK_RESERVED:
+            raise ContainerError(f"{what} is corrupt: reserved zstd block type")
+        pos += 3 + (1 if kind == ZSTD_BLOCK_RLE else header >> 3)
+        if header & 1:
+            return pos + 4 * (descriptor >> 2 & 1)
 
 
 def _run_lzop(fd: int, base: int, size: int, out: int, limit: int, what: str) -> None:

@@ -103,12 +103,16 @@ BLOCK_ARCH = {
     "s390.ram": "s390x",
 }
 
-#: Family assumed when only the main block name is known.
+#: Family assumed for streams without a machine name, from the first of these blocks
+#: present (main RAM names first, then firmware that only one family has).
 BLOCK_FAMILY = {
     "pc.ram": "pc",
     "mach-virt.ram": "virt",
     "ppc_spapr.ram": "pseries",
     "s390.ram": "s390-ccw-virtio",
+    "pc.bios": "pc",
+    "pc.rom": "pc",
+    "virt.flash0": "virt",
 }
 
 #: Fixed firmware/flash GPAs (aarch64 virt).
@@ -399,8 +403,8 @@ def machine_memory_map(
         else:
             family, version = parsed
     else:
-        for name in sizes:
-            if name in BLOCK_FAMILY:
+        for name in BLOCK_FAMILY:
+            if name in sizes:
                 family = BLOCK_FAMILY[name]
                 notes.append(
                     f"no machine type in the stream: {name} implies a {family} machine"

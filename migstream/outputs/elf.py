@@ -110,14 +110,18 @@ ELF_MACHINE = {"x86_64": EM_X86_64, "aarch64": EM_AARCH64, "ppc64": EM_PPC64, "s
 DEFAULT_BYTEORDER = {"x86_64": "little", "aarch64": "little", "ppc64": "big", "s390x": "big"}
 
 #: Register order of each architecture's ``pr_reg`` (Linux user_regs_struct / pt_regs).
+# fmt: off
 X86_64_PR_REG = (
-    "r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss"
-    " fs_base gs_base ds es fs gs"
-).split()
-AARCH64_PR_REG = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
-PPC64_PR_REG = tuple(f"gpr{i}" for i in range(32)) + tuple(
-    "nip msr orig_gpr3 ctr link xer ccr softe trap dar dsisr result".split()
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi",
+    "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
 )
+# fmt: on
+AARCH64_PR_REG = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
+# fmt: off
+PPC64_PR_REG = tuple(f"gpr{i}" for i in range(32)) + (
+    "nip", "msr", "orig_gpr3", "ctr", "link", "xer", "ccr", "softe", "trap", "dar", "dsisr", "result"
+)
+# fmt: on
 PPC64_NGREG = 48
 
 #: x86 register aliases: contract name first, then the 32-bit view.
@@ -225,7 +229,7 @@ def _x86_notes(e: str, cpus: Sequence[CpuState]) -> bytes:
         desc = _prstatus(e, "x86_64", cpu.index + 1, f"{len(regs)}Q", regs)
         out.append(_note(e, NOTE_NAME_CORE, NT_PRSTATUS, desc))
     for cpu in cpus:
-        gprs = [_x86_gpr(cpu, n) for n in "rax rbx rcx rdx rsi rdi rsp rbp".split()]
+        gprs = [_x86_gpr(cpu, n) for n in ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"]]
         gprs += [_reg(cpu, f"r{i}") for i in range(8, 16)]
         gprs += [_x86_gpr(cpu, "rip"), _reg(cpu, "rflags", "eflags")]
         desc = struct.pack(e + "II", QEMU_CPUSTATE_VERSION, QEMU_CPUSTATE_SIZE)
@@ -257,9 +261,7 @@ def _aarch64_notes(e: str, byteorder: str, cpus: Sequence[CpuState]) -> bytes:
     out = []
     for cpu in cpus:
         regs = [_reg(cpu, n) for n in AARCH64_PR_REG]
-        out.append(
-            _note(e, NOTE_NAME_CORE, NT_PRSTATUS, _prstatus(e, "aarch64", cpu.index + 1, "34Q", regs))
-        )
+        out.append(_note(e, NOTE_NAME_CORE, NT_PRSTATUS, _prstatus(e, "aarch64", cpu.index + 1, "34Q", regs)))
         fp = b"".join(_vector(cpu, byteorder, f"v{i}", f"q{i}") for i in range(32))
         fp += struct.pack(e + "IIII", _reg(cpu, "fpsr", mask=MASK32), _reg(cpu, "fpcr", mask=MASK32), 0, 0)
         out.append(_note(e, NOTE_NAME_CORE, NT_PRFPREG, fp))
@@ -412,7 +414,15 @@ def build_elf_core(
     for seg in segments:
         phdrs.append(
             struct.pack(
-                e + "IIQQQQQQ", PT_LOAD, flags, seg.file_offset, seg.gpa, seg.gpa, seg.size, seg.size, page_size
+                e + "IIQQQQQQ",
+                PT_LOAD,
+                flags,
+                seg.file_offset,
+                seg.gpa,
+                seg.gpa,
+                seg.size,
+                seg.size,
+                page_size,
             )
         )
     shdr = b""

@@ -1,0 +1,106 @@
+"""Multifd channel captures: packets whose headers list the block offsets of their pages.
+
+Each channel starts with a 64-byte initial packet, then packets of a fixed-size
+header (320 bytes + 8 bytes per page slot) followed by the page bytes
+(uncompressed multifd only).  Pages are added to the stream's run table with
+the channel number, ordered by the packets' global sequence numbers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import StreamFormatError, UnsupportedError
+from ..model.ram import PageKind
+from ..wire import constants as c
+from ..wire.reader import Reader, decode_name
+
+if TYPE_CHECKING:
+    from ..api import Stream
+
+
+def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarray, np.ndarray, int]]:
+    """(packet_num, channel, block, normal offsets, zero offsets, payload offset) per data packet."""
+    src = stream.channels[channel - 1]
+    ps = stream.page_size
+    slots = c.MULTIFD_PACKET_BYTES // ps
+    header = c.MULTIFD_PACKET_HEADER_SIZE + 8 * slots
+    r = Reader(src.buffer)
+    r.context = f"multifd channel {channel} ({src.name})"
+    magic = r.be32("the multifd magic")
+    if magic != c.MULTIFD_MAGIC:
+        raise StreamFormatError("not a multifd channel capture", offset=0, section=r.context,
+                                expected=f"{c.MULTIFD_MAGIC:#x}", found=f"{magic:#x}")
+    r.pos = c.MULTIFD_INITIAL_PACKET_SIZE
+    r.need(0, "the initial packet")
+    out = []
+    while r.remaining:
+        start = r.pos
+        r.need(c.MULTIFD_PACKET_HEADER_SIZE, "a multifd packet header")
+        magic = r.be32("the packet magic")
+        version = r.be32("the packet version")
+        flags = r.be32("the packet flags")
+        if magic != c.MULTIFD_MAGIC or version != c.MULTIFD_VERSION:
+            raise StreamFormatError("bad multifd packet header", offset=start, section=r.context,
+                                    expected=f"{c.MULTIFD_MAGIC:#x} v{c.MULTIFD_VERSION}",
+                                    found=f"{magic:#x} v{version}")
+        if flags & c.MULTIFD_FLAG_DEVICE_STATE:
+            raise UnsupportedError("multifd device-state packets are not read yet", offset=start,
+                                   section=r.context)
+        if flags & c.MULTIFD_FLAG_COMPRESSION_MASK:
+            raise UnsupportedError("compressed multifd channels are not read yet", offset=start,
+                                   section=r.context, found=f"method {(flags & c.MULTIFD_FLAG_COMPRESSION_MASK) >> 1}")
+        r.be32("pages_alloc")
+        normal = r.be32("normal_pages")
+        next_size = r.be32("next_packet_size")
+        num = r.be64("packet_num")
+        zero = r.be32("zero_pages")
+        r.pos = start + 64
+        block = decode_name(bytes(r.take(256, "the block name")).split(b"\0", 1)[0])
+        if normal + zero > slots:
+            raise StreamFormatError("multifd packet lists more pages than it has slots", offset=start,
+                                    section=r.context, expected=f"<= {slots}", found=normal + zero)
+        r.need(header - c.MULTIFD_PACKET_HEADER_SIZE, "the packet's page offsets")
+        offs = np.frombuffer(src.buffer, dtype=">u8", count=slots, offset=r.pos)
+        r.pos = start + header
+        if next_size != normal * ps:
+            raise StreamFormatError("multifd payload size does not match its page count", offset=start,
+                                    section=r.context, expected=normal * ps, found=next_size)
+        r.need(next_size, "the packet's pages")
+        payload = r.pos
+        r.pos += next_size
+        if normal or zero:
+            out.append((num, channel, block, offs[:normal].astype(np.int64), offs[normal : normal + zero]
+                        .astype(np.int64), payload))
+    return out
+
+
+def index_channels(stream: Stream) -> None:
+    """Add the pages of every multifd channel capture to the stream's run table."""
+    ram = stream.parsed.ram
+    by_name = {b.name: b.index for b in ram.blocks}
+    ps = stream.page_size
+    packets = []
+    for ch in range(1, len(stream.channels) + 1):
+        packets.extend(_packets(stream, ch))
+    packets.sort(key=lambda p: p[0])
+    runs = ram.runs
+    for num, ch, block, normal, zero, payload in packets:
+        bi = by_name.get(block)
+        if bi is None:
+            raise StreamFormatError("multifd packet names a RAM block that is not in the block list",
+                                    section=f"multifd channel {ch}", found=repr(block))
+        size = ram.blocks[bi].size
+        for offsets, kind in ((normal, PageKind.MULTIFD), (zero, PageKind.MULTIFD_ZERO)):
+            if not len(offsets):
+                continue
+            if (offsets % ps).any() or (offsets >= size).any():
+                raise StreamFormatError("multifd page offset outside its block or not page aligned",
+                                        section=f"multifd channel {ch}", field=block)
+            breaks = np.flatnonzero(np.diff(offsets) != ps) + 1
+            bounds = [0, *breaks.tolist(), len(offsets)]
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                data = payload + a * ps if kind == PageKind.MULTIFD else 0
+                runs.add(bi, int(offsets[a]), b - a, kind, data, ps, 0, num, ch)

@@ -1,0 +1,144 @@
+"""Resolve page runs into the final content of every page (the last copy wins).
+
+For each RAM block a numpy array holds one entry per page:
+
+* ``>= 0``: the page's bytes are at that offset of a channel (bits 56+ = channel
+  number, 0 = main stream);
+* ``ZERO`` (-2): all zero (written as a hole); ``ABSENT`` (-1): never sent;
+* ``<= -3``: a page built here (XBZRLE result, decompressed page, non-zero
+  fill), kept in :attr:`PageMap.special`.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import StreamFormatError
+from ..model.ram import PageKind
+from .xbzrle import apply_xbzrle
+
+if TYPE_CHECKING:
+    from ..api import Stream
+
+ABSENT = -1
+ZERO = -2
+CHANNEL_SHIFT = 56
+
+
+class PageMap:
+    """Final page sources of every block of a stream."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        ram = stream.parsed.ram
+        self.page_size = ram.page_size
+        self.blocks = ram.blocks
+        self.maps = [np.full(-(-b.size // self.page_size), ABSENT, dtype=np.int64) for b in ram.blocks]
+        self.special: list[bytes] = []
+        self.warnings: list[str] = []
+        self._fill_pages: dict[int, int] = {}
+        self._resolve()
+
+    # -- page bytes ------------------------------------------------------------
+    def channel_buffer(self, channel: int) -> memoryview:
+        return self.stream.source.buffer if channel == 0 else self.stream.channels[channel - 1].buffer
+
+    def page_bytes(self, block: int, page: int) -> bytes:
+        v = int(self.maps[block][page])
+        ps = self.page_size
+        if v >= 0:
+            ch, off = v >> CHANNEL_SHIFT, v & ((1 << CHANNEL_SHIFT) - 1)
+            return bytes(self.channel_buffer(ch)[off : off + ps])
+        if v <= -3:
+            return self.special[-3 - v]
+        return bytes(ps)
+
+    def _special(self, data: bytes) -> int:
+        self.special.append(data)
+        return -3 - (len(self.special) - 1)
+
+    # -- resolution --------------------------------------------------------------
+    def _resolve(self) -> None:
+        ram = self.stream.parsed.ram
+        runs = ram.runs
+        ps = self.page_size
+        buf = self.stream.source.buffer
+        discards = self._discards()
+        di = 0
+        order = sorted(range(len(runs)), key=lambda i: (runs.channel[i] != 0, runs.aux[i] if runs.channel[i]
+                                                        else 0, i))
+        for i in order:
+            ch = runs.channel[i]
+            if ch == 0:
+                while di < len(discards) and discards[di][0] < runs.offset[i]:
+                    self._discard(*discards[di][1:])
+                    di += 1
+            bi, addr, n, kind = runs.block[i], runs.addr[i], runs.count[i], runs.kind[i]
+            first = addr // ps
+            target = self.maps[bi][first : first + n]
+            n = len(target)
+            if kind in (PageKind.PAGE, PageKind.MAPPED, PageKind.MULTIFD):
+                start = runs.offset[i] + runs.skip[i]
+                target[:] = (np.arange(n, dtype=np.int64) * runs.stride[i] + start) | (ch << CHANNEL_SHIFT)
+            elif kind == PageKind.ZERO:
+                fill = runs.aux[i]
+                if fill == 0:
+                    target[:] = ZERO
+                else:
+                    if fill not in self._fill_pages:
+                        self._fill_pages[fill] = self._special(bytes([fill]) * ps)
+                    target[:] = self._fill_pages[fill]
+            elif kind == PageKind.MULTIFD_ZERO:
+                target[:] = ZERO
+            elif kind == PageKind.XBZRLE:
+                data_at = runs.offset[i] + runs.skip[i]
+                delta = bytes(buf[data_at : data_at + runs.aux[i]])
+                if target[0] == ABSENT:
+                    self.warnings.append(f"XBZRLE page at {self.blocks[bi].name}+{addr:#x} (stream offset "
+                                         f"{runs.offset[i]:#x}) is encoded against a copy that is not in the "
+                                         "stream; decoded against zeros")
+                page = bytearray(self.page_bytes(bi, first))
+                try:
+                    apply_xbzrle(delta, page)
+                except StreamFormatError as exc:
+                    raise exc.located(offset=data_at, section="ram") from None
+                target[0] = self._special(bytes(page))
+            elif kind == PageKind.COMPRESS:
+                data_at = runs.offset[i] + runs.skip[i]
+                d = zlib.decompressobj()
+                try:
+                    page = d.decompress(bytes(buf[data_at : data_at + runs.aux[i]]), ps + 1)
+                except zlib.error as exc:
+                    raise StreamFormatError(f"compressed page does not inflate: {exc}", offset=data_at,
+                                            section="ram") from None
+                if len(page) != ps:
+                    raise StreamFormatError("compressed page does not inflate to one page", offset=data_at,
+                                            section="ram", expected=ps, found=len(page))
+                target[0] = self._special(page)
+        while di < len(discards):
+            self._discard(*discards[di][1:])
+            di += 1
+
+    def _discards(self) -> list[tuple[int, int, list[list[int]]]]:
+        by_name = {b.name: b.index for b in self.blocks}
+        out = []
+        for rec in self.stream.parsed.records:
+            if rec.command == "POSTCOPY_RAM_DISCARD":
+                bi = by_name.get(str(rec.details.get("block")))
+                if bi is not None:
+                    out.append((rec.offset, bi, list(rec.details.get("ranges", []))))
+        return out
+
+    def _discard(self, bi: int, ranges: list[list[int]]) -> None:
+        ps = self.page_size
+        m = self.maps[bi]
+        for start, length in ranges:
+            m[start // ps : -(-(start + length) // ps)] = ABSENT
+
+    # -- queries -------------------------------------------------------------------
+    def present(self, block: int) -> bool:
+        """Whether any page of the block came in the stream."""
+        return bool((self.maps[block] != ABSENT).any())

@@ -1,0 +1,199 @@
+"""Guest memory out of a stream: block files, the guest-physical image, an ELF core.
+
+Pages are copied in large slices: contiguous runs (mapped-ram, multifd
+payloads) with ``os.copy_file_range``; pages that sit between record headers
+with ``os.pwritev`` straight from the mapped stream, up to a thousand pages a
+call.  Zero and absent pages are never written: output files are sparse.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..decoders.pagemap import CHANNEL_SHIFT, PageMap
+from ..errors import UsageError
+from ..model.memmap import MemoryMap, machine_memory_map
+
+if TYPE_CHECKING:
+    from ..api import Stream
+
+_IOV_MAX = 1024
+_COPY_MIN = 1 << 20  # contiguous stretches at least this long go through copy_file_range
+_OFF_MASK = (1 << CHANNEL_SHIFT) - 1
+
+
+def _copy(src_fd: int, src_off: int, out_fd: int, out_off: int, n: int) -> None:
+    while n > 0:
+        try:
+            done = os.copy_file_range(src_fd, out_fd, n, src_off, out_off)
+        except OSError:
+            done = 0
+        if done <= 0:
+            # Not supported between these files: plain reads and writes, in big slices.
+            data = os.pread(src_fd, min(n, 64 << 20), src_off)
+            if not data:
+                raise UsageError("source file shorter than its page index says")
+            done = os.pwrite(out_fd, data, out_off)
+        src_off += done
+        out_off += done
+        n -= done
+
+
+def _pwritev(fd: int, bufs: list[memoryview | bytes], offset: int) -> None:
+    total = sum(len(b) for b in bufs)
+    done = os.pwritev(fd, bufs, offset)
+    if done != total:  # short write: finish the rest plainly
+        data = b"".join(bytes(b) for b in bufs)[done:]
+        while data:
+            n = os.pwrite(fd, data, offset + done)
+            data = data[n:]
+            done += n
+
+
+def write_block_range(pm: PageMap, block: int, first_page: int, npages: int, out_fd: int, out_offset: int) -> int:
+    """Write pages ``[first_page, first_page + npages)`` of ``block`` at ``out_offset``; returns bytes written."""
+    ps = pm.page_size
+    m = pm.maps[block][first_page : first_page + npages]
+    written = 0
+    valid = m >= 0
+    if valid.any():
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], valid, [False])).astype(np.int8)))
+        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+            seg = m[a:b]
+            breaks = np.flatnonzero(np.diff(seg) != ps) + 1
+            bounds = [0, *breaks.tolist(), len(seg)]
+            iov: list[memoryview | bytes] = []
+            iov_at = out_offset + a * ps
+            pos = iov_at
+            for x, y in zip(bounds[:-1], bounds[1:]):
+                v = int(seg[x])
+                ch, off = v >> CHANNEL_SHIFT, v & _OFF_MASK
+                n = (y - x) * ps
+                dst = out_offset + (a + x) * ps
+                if n >= _COPY_MIN:
+                    if iov:
+                        _pwritev(out_fd, iov, iov_at)
+                        iov = []
+                    src = pm.stream.source if ch == 0 else pm.stream.channels[ch - 1]
+                    _copy(src.fd, src.base + off, out_fd, dst, n)
+                    written += n
+                    pos = dst + n
+                    iov_at = pos
+                    continue
+                if not iov:
+                    iov_at = dst
+                elif dst != pos or len(iov) >= _IOV_MAX:
+                    _pwritev(out_fd, iov, iov_at)
+                    iov = []
+                    iov_at = dst
+                iov.append(pm.channel_buffer(ch)[off : off + n])
+                pos = dst + n
+                written += n
+            if iov:
+                _pwritev(out_fd, iov, iov_at)
+    special = np.flatnonzero(m <= -3)
+    for i in special.tolist():
+        data = pm.special[-3 - int(m[i])]
+        if data.count(0) != len(data):
+            os.pwrite(out_fd, data, out_offset + i * ps)
+            written += len(data)
+    return written
+
+
+def memory_map(stream: Stream, overrides: Mapping[str, int] | None = None) -> MemoryMap:
+    blocks = [(b.name, b.size) for b in stream.ram_blocks]
+    return machine_memory_map(blocks, machine=stream.machine, arch=stream.arch, overrides=dict(overrides or {}))
+
+
+def _create(path: str, force: bool) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if not force:
+        flags |= os.O_EXCL
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:
+        raise UsageError(f"{path} exists (use --force to overwrite)") from None
+
+
+def write_placements(pm: PageMap, mmap_: MemoryMap, out_fd: int, offset_of: Mapping[int, int] | None = None) -> None:
+    """Copy every placed block range to ``gpa`` (or to the file offset ``offset_of[gpa-range start]``)."""
+    ps = pm.page_size
+    by_name = {b.name: b.index for b in pm.blocks}
+    for p in mmap_.placements:
+        bi = by_name[p.block]
+        if p.block_offset % ps or p.size % ps:
+            raise UsageError(f"placement of {p.block} is not page aligned")
+        dest = p.gpa if offset_of is None else offset_of[p.gpa]
+        write_block_range(pm, bi, p.block_offset // ps, p.size // ps, out_fd, dest)
+
+
+def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
+    notes = list(pm.warnings)
+    for b in stream.ram_blocks:
+        if mmap_.placements_of(b.name) and not pm.present(b.index):
+            if stream.parsed.ram.ignore_shared:
+                notes.append(f"RAM block {b.name} is not in the stream (x-ignore-shared: its pages stay in the "
+                             "shared backing file); its range is left empty")
+            else:
+                notes.append(f"RAM block {b.name}: no page of it is in the stream"
+                             + (" (multifd: pass the channel captures after the stream)"
+                                if stream.parsed.ram.stats.multifd_flush or not stream.channels else ""))
+    if mmap_.unplaced:
+        notes.append("not placed (no fixed guest-physical address; use --map BLOCK=GPA): "
+                     + ", ".join(mmap_.unplaced))
+    return notes
+
+
+def write_memory(stream: Stream, output: str | None, *, fmt: str = "raw", overrides: Mapping[str, int] | None = None,
+                 print_map: bool = False, force: bool = False) -> str:
+    """``migstream memory``: returns what to print on standard output."""
+    mmap_ = memory_map(stream, overrides)
+    if print_map and not output:
+        return mmap_.describe() + "\n"
+    if not output:
+        raise UsageError("memory needs -o OUT (or --print-map)")
+    pm = PageMap(stream)
+    fd = _create(output, force)
+    try:
+        if fmt == "raw":
+            end = max((p.gpa_end for p in mmap_.placements), default=0)
+            os.ftruncate(fd, end)
+            write_placements(pm, mmap_, fd)
+        else:
+            from .elf import build_elf_core
+
+            cpus = []
+            arch = stream.arch
+            if arch is None:
+                raise UsageError("cannot tell the guest architecture for the ELF header")
+            if stream.vmdesc is not None:
+                cpus = stream.cpus()
+            layout = build_elf_core(mmap_.ranges(), cpus, arch, page_size=stream.page_size)
+            layout.write_header(fd)
+            offset_of: dict[int, int] = {}
+            for seg in layout.segments:
+                offset_of[seg.gpa] = seg.file_offset
+            # Placements may be merged into one range: map each placement to its file offset.
+            place_offsets: dict[int, int] = {}
+            for p in mmap_.placements:
+                for seg in layout.segments:
+                    if seg.gpa <= p.gpa < seg.gpa + seg.size:
+                        place_offsets[p.gpa] = seg.file_offset + (p.gpa - seg.gpa)
+                        break
+            write_placements(pm, mmap_, fd, place_offsets)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(output)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+    for note in _notes(stream, pm, mmap_):
+        sys.stderr.write(f"migstream: note: {note}\n")
+    return mmap_.describe() + "\n" if print_map else ""
