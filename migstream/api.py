@@ -14,6 +14,7 @@ from .model.ram import RamBlock
 from .model.records import Configuration, Diagnostic, Record
 from .model.stream import DeviceState, ParsedStream
 from .records.parser import parse_stream
+from .wire.constants import MULTIFD_MAGIC
 
 PathOrFile = str | os.PathLike[str] | BinaryIO
 
@@ -97,8 +98,9 @@ class Stream:
             from .decoders.cpus import cpus_from_devices
             from .outputs.state_json import to_plain
 
-            self.require_state()
             devs = [(d.name, d.instance_id, to_plain(d.state)) for d in self.devices if d.state is not None]
+            if not any(name == "cpu" for name, _i, _s in devs):
+                self.require_state()
             self._cpus = list(cpus_from_devices(devs, self.arch))
         return self._cpus
 
@@ -152,7 +154,7 @@ def open(  # noqa: A001 - the natural name for the entry point
     try:
         parsed = parse_stream(source.buffer, desc)
         for ch in channels:
-            opened.append(_open(ch, None))
+            opened.append(open_source(ch, magic=MULTIFD_MAGIC.to_bytes(4, "big")))
         stream = Stream(source, parsed, opened)
         if opened:
             from .decoders.multifd import index_channels

@@ -54,16 +54,19 @@ def open_source(
     *,
     snapshot: str | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
+    magic: bytes | None = None,
 ) -> Source:
     """Open the QEMU stream held by ``target``: a path, ``"-"`` (standard input) or a binary file object.
 
     ``snapshot`` selects a qcow2 internal snapshot by name (or else id); it is
     an error for any other input.  ``max_size`` caps every temporary file
-    (decompressed data, spooled pipe, extracted VM state).
+    (decompressed data, spooled pipe, extracted VM state).  ``magic``: the
+    bytes the payload starts with instead of ``QEVM`` (e.g. multifd channel
+    captures), still looked for inside compressed files.
     """
     name, fd, base, size = _acquire(target, max_size)
     try:
-        return _recognise(_Layer(fd, base, size), name=name, snapshot=snapshot, limit=max_size)
+        return _recognise(_Layer(fd, base, size), name=name, snapshot=snapshot, limit=max_size, magic=magic)
     except MigstreamError:
         raise
     except MemoryError:
@@ -192,12 +195,12 @@ class _Layer:
         self.details["compression"] = kind if previous is None else f"{previous}+{kind}"
 
 
-def _recognise(layer: _Layer, *, name: str, snapshot: str | None, limit: int) -> Source:
+def _recognise(layer: _Layer, *, name: str, snapshot: str | None, limit: int, magic: bytes | None = None) -> Source:
     try:
         while True:
             head = pread_upto(layer.fd, layer.base, min(SNIFF_BYTES, layer.size))
             kind = sniff(head)
-            if kind == KIND_RAW:
+            if kind == KIND_RAW or (magic is not None and head.startswith(magic)):
                 return _finish(layer, name, snapshot)
             if len(layer.chain) >= MAX_LAYERS:
                 raise ContainerError(f"more than {MAX_LAYERS} nested containers ({'+'.join(layer.chain)})")

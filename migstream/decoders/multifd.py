@@ -65,12 +65,14 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
         r.need(header - c.MULTIFD_PACKET_HEADER_SIZE, "the packet's page offsets")
         offs = np.frombuffer(src.buffer, dtype=">u8", count=slots, offset=r.pos)
         r.pos = start + header
-        if next_size != normal * ps:
+        # Uncompressed payload: exactly the listed pages.  (Older sources leave a
+        # stale size in packets that carry no page.)
+        if normal and next_size != normal * ps:
             raise StreamFormatError("multifd payload size does not match its page count", offset=start,
                                     section=r.context, expected=normal * ps, found=next_size)
-        r.need(next_size, "the packet's pages")
+        r.need(normal * ps, "the packet's pages")
         payload = r.pos
-        r.pos += next_size
+        r.pos += normal * ps
         if normal or zero:
             out.append((num, channel, block, offs[:normal].astype(np.int64), offs[normal : normal + zero]
                         .astype(np.int64), payload))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..decoders.ram import RamDecoder, RamOptions, RamState
+from ..decoders.builtin import decode_builtin
 from ..decoders.special import live_decoder
 from ..decoders.vmstate import NeedsSectionEnd, Struct, VmstateDecoder
 from ..errors import DescriptionError, LimitError, MigstreamError, StreamFormatError, UnsupportedError
@@ -362,6 +363,11 @@ class _Parser:
                                        section=r.context)
             self._scan_to_footer(r, sec)
             sec.decoded = False
+            state = decode_builtin(r.buf, sec.name, sec.version_id, payload, r.pos, str(r.context))
+            if state is not None:
+                self.diagnostics.append(Diagnostic(
+                    "note", f"{sec.name} (instance {sec.instance_id}): no description; its leading fields were "
+                    "decoded with the built-in x86-64 layout", payload))
         self.devices.append(DeviceState(sec.section_id, sec.name, sec.instance_id, sec.version_id, start, payload,
                                         r.pos - payload, _vmsd_name(desc), state, depth))
 
