@@ -31,6 +31,7 @@ class Stream:
         self.parsed = parsed
         self.channels = tuple(channels)
         self._cpus: list[Any] | None = None
+        self._pagemap: Any = None
 
     # -- what the stream holds --------------------------------------------------
     @property
@@ -82,9 +83,11 @@ class Stream:
     def require_state(self) -> None:
         """Raise unless device state could be decoded (a description was at hand)."""
         if self.parsed.vmdesc is None:
-            raise DescriptionError("the stream has no VM description (JSON); device state cannot be decoded "
-                                   "without one: pass --desc FILE (e.g. `migstream desc` of a stream from the "
-                                   "same QEMU and machine)")
+            raise DescriptionError(
+                "the stream has no VM description (JSON); device state cannot be decoded "
+                "without one: pass --desc FILE (e.g. `migstream desc` of a stream from the "
+                "same QEMU and machine)"
+            )
 
     @property
     def arch(self) -> str | None:
@@ -103,6 +106,36 @@ class Stream:
                 self.require_state()
             self._cpus = list(cpus_from_devices(devs, self.arch))
         return self._cpus
+
+    # -- guest memory ---------------------------------------------------------------
+    def pagemap(self) -> Any:
+        """The final source of every RAM page (resolved once, on first use)."""
+        if self._pagemap is None:
+            from .decoders.pagemap import PageMap
+
+            self._pagemap = PageMap(self)
+        return self._pagemap
+
+    def memory_map(self, overrides: Mapping[str, int] | None = None) -> Any:
+        """How RAM blocks sit in guest-physical memory (``MemoryMap``)."""
+        from .outputs.memory import memory_map
+
+        return memory_map(self, overrides)
+
+    def block(self, name: str) -> Any:
+        """One RAM block as a read-only, seekable file (``BlockReader``), at block offsets."""
+        from .memory_io import BlockReader
+
+        for b in self.ram_blocks:
+            if b.name == name:
+                return BlockReader(self.pagemap(), b.index)
+        raise UsageError(f"no RAM block {name!r}", expected=", ".join(b.name for b in self.ram_blocks))
+
+    def physical(self, overrides: Mapping[str, int] | None = None) -> Any:
+        """Guest-physical memory as a read-only, seekable file (``PhysicalReader``): ``pread(gpa, n)``."""
+        from .memory_io import PhysicalReader
+
+        return PhysicalReader(self.pagemap(), self.memory_map(overrides))
 
     # -- life cycle ---------------------------------------------------------------
     def close(self) -> None:
@@ -153,8 +186,8 @@ def open(  # noqa: A001 - the natural name for the entry point
     opened: list[Source] = []
     try:
         parsed = parse_stream(source.buffer, desc)
-        for ch in channels:
-            opened.append(open_source(ch, magic=MULTIFD_MAGIC.to_bytes(4, "big")))
+        for channel in channels:
+            opened.append(open_source(channel, magic=MULTIFD_MAGIC.to_bytes(4, "big")))
         stream = Stream(source, parsed, opened)
         if opened:
             from .decoders.multifd import index_channels
@@ -163,8 +196,8 @@ def open(  # noqa: A001 - the natural name for the entry point
         return stream
     except BaseException:
         source.close()
-        for ch in opened:
-            ch.close()
+        for src in opened:
+            src.close()
         raise
 
 

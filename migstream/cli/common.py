@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -26,10 +27,8 @@ def run_guarded(prog: str, body: Callable[[], int], traceback: bool) -> int:
         return 1
     except BrokenPipeError:
         # The reader went away (e.g. `| head`); nothing more to say.
-        try:
+        with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keep interpreter shutdown quiet
-        except OSError:
-            pass
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted\n")
@@ -48,8 +47,10 @@ def run_guarded(prog: str, body: Callable[[], int], traceback: bool) -> int:
     except Exception as exc:  # noqa: BLE001 - the contract: never a traceback without --traceback
         if traceback:
             raise
-        sys.stderr.write(f"{prog}: internal error: {type(exc).__name__}: {one_line(str(exc))} "
-                         f"(run with --traceback and report it)\n")
+        sys.stderr.write(
+            f"{prog}: internal error: {type(exc).__name__}: {one_line(str(exc))} "
+            f"(run with --traceback and report it)\n"
+        )
         return 2
 
 

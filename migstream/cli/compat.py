@@ -23,8 +23,10 @@ def _encode(data: object) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Analyze a QEMU migration stream "
-                                "(compatible with QEMU's analyze-migration.py).")
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Analyze a QEMU migration stream (compatible with QEMU's analyze-migration.py).",
+    )
     p.add_argument("-f", "--file", required=True, help="migration stream to read (- for standard input)")
     p.add_argument("-m", "--memory", action="store_true", help="dump RAM contents as well")
     p.add_argument("-d", "--dump", default="state", help='what to dump ("state" or "desc")')

@@ -30,8 +30,12 @@ def _parse_map(values: Sequence[str]) -> dict[str, int]:
 
 def _open(args: argparse.Namespace, inputs: Sequence[str] | None = None) -> Stream:
     paths = list(inputs if inputs is not None else [args.input])
-    return open_stream(paths[0], desc=getattr(args, "desc", None), channels=paths[1:],
-                       snapshot=getattr(args, "snapshot", None))
+    return open_stream(
+        paths[0],
+        desc=getattr(args, "desc", None),
+        channels=paths[1:],
+        snapshot=getattr(args, "snapshot", None),
+    )
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -53,14 +57,20 @@ def cmd_state(args: argparse.Namespace) -> int:
         out = {
             "machine": stream.machine,
             "devices": [
-                {"name": d.name, "instance_id": d.instance_id, "section_id": d.section_id,
-                 "version_id": d.version_id, "vmsd_name": d.vmsd_name, "offset": d.offset,
-                 "state": to_typed(d.state, offsets=args.offsets)}
-                for d in stream.devices if args.device is None or d.name == args.device
+                {
+                    "name": d.name,
+                    "instance_id": d.instance_id,
+                    "section_id": d.section_id,
+                    "version_id": d.version_id,
+                    "vmsd_name": d.vmsd_name,
+                    "offset": d.offset,
+                    "state": to_typed(d.state, offsets=args.offsets),
+                }
+                for d in stream.devices
+                if args.device is None or d.name == args.device
             ],
         }
-        if args.json or True:
-            print_json(out, indent=None if args.compact else 2)
+        print_json(out, indent=None if args.compact else 2)
     return 0
 
 
@@ -88,8 +98,14 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from ..outputs.memory import write_memory
 
     with _open(args, args.inputs) as stream:
-        report = write_memory(stream, args.output, fmt=args.format, overrides=_parse_map(args.map),
-                              print_map=args.print_map, force=args.force)
+        report = write_memory(
+            stream,
+            args.output,
+            fmt=args.format,
+            overrides=_parse_map(args.map),
+            print_map=args.print_map,
+            force=args.force,
+        )
         if report:
             sys.stdout.write(report)
     return 0
@@ -112,11 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(sp: argparse.ArgumentParser, multi: bool = False) -> None:
         if multi:
-            sp.add_argument("inputs", nargs="+", metavar="INPUT",
-                            help="the stream (path or - for standard input), then any multifd channel captures")
+            sp.add_argument(
+                "inputs",
+                nargs="+",
+                metavar="INPUT",
+                help="the stream (path or - for standard input), then any multifd channel captures",
+            )
         else:
             sp.add_argument("input", metavar="INPUT", help="the stream (path, or - for standard input)")
-        sp.add_argument("--snapshot", help="qcow2 images: the internal snapshot to read (name or id; default last)")
+        sp.add_argument(
+            "--snapshot", help="qcow2 images: the internal snapshot to read (name or id; default last)"
+        )
         sp.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
 
     sp = sub.add_parser("info", help="records, sections, commands, RAM blocks, version hints")
@@ -150,8 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, multi=True)
     sp.add_argument("-o", "--output", help="output file")
     sp.add_argument("--format", choices=("raw", "elf"), default="raw")
-    sp.add_argument("--map", action="append", default=[], metavar="BLOCK=GPA",
-                    help="place a RAM block at a guest-physical address (repeatable)")
+    sp.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="BLOCK=GPA",
+        help="place a RAM block at a guest-physical address (repeatable)",
+    )
     sp.add_argument("--print-map", action="store_true", help="show the block -> guest-physical map")
     sp.add_argument("--desc", metavar="FILE", help="VM description (JSON), for CPU notes in ELF output")
     sp.add_argument("--force", action="store_true", help="overwrite OUT")

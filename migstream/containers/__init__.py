@@ -195,7 +195,9 @@ class _Layer:
         self.details["compression"] = kind if previous is None else f"{previous}+{kind}"
 
 
-def _recognise(layer: _Layer, *, name: str, snapshot: str | None, limit: int, magic: bytes | None = None) -> Source:
+def _recognise(
+    layer: _Layer, *, name: str, snapshot: str | None, limit: int, magic: bytes | None = None
+) -> Source:
     try:
         while True:
             head = pread_upto(layer.fd, layer.base, min(SNIFF_BYTES, layer.size))

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import MigstreamError
-from .vmstate import Struct, VmstateDecoder
 from ..wire.reader import Reader
+from .vmstate import Struct, VmstateDecoder
 
 
-def _f(name: str, type_: str, size: int, count: int = 1, struct: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def _f(
+    name: str, type_: str, size: int, count: int = 1, struct: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"name": name, "type": type_, "size": size}
     if count > 1:
         out["array_len"] = count
@@ -27,41 +29,56 @@ def _f(name: str, type_: str, size: int, count: int = 1, struct: Mapping[str, An
     return out
 
 
-_SEGMENT = {"vmsd_name": "segment", "version": 1, "fields": [
-    _f("selector", "uint32", 4), _f("base", "uint64", 8), _f("limit", "uint32", 4), _f("flags", "uint32", 4)]}
+_SEGMENT = {
+    "vmsd_name": "segment",
+    "version": 1,
+    "fields": [
+        _f("selector", "uint32", 4),
+        _f("base", "uint64", 8),
+        _f("limit", "uint32", 4),
+        _f("flags", "uint32", 4),
+    ],
+}
 _FPREG = {"vmsd_name": "fpreg", "version": 1, "fields": [_f("tmp", "buffer", 10)]}
-_XMM = {"vmsd_name": "xmm_reg", "version": 1, "fields": [
-    _f("_q_ZMMReg[0]", "uint64", 8), _f("_q_ZMMReg[1]", "uint64", 8)]}
+_XMM = {
+    "vmsd_name": "xmm_reg",
+    "version": 1,
+    "fields": [_f("_q_ZMMReg[0]", "uint64", 8), _f("_q_ZMMReg[1]", "uint64", 8)],
+}
 
 #: Leading fields of the x86-64 ``cpu`` section at version 12.
-X86_64_CPU_V12_PREFIX: dict[str, Any] = {"vmsd_name": "cpu", "version": 12, "fields": [
-    _f("env.regs", "uint64", 8, 16),
-    _f("env.eip", "uint64", 8),
-    _f("env.eflags", "uint64", 8),
-    _f("env.hflags", "uint32", 4),
-    _f("env.fpuc", "uint16", 2),
-    _f("env.fpus_vmstate", "uint16", 2),
-    _f("env.fptag_vmstate", "uint16", 2),
-    _f("env.fpregs_format_vmstate", "uint16", 2),
-    _f("env.fpregs", "struct", 10, 8, _FPREG),
-    _f("env.segs", "struct", 20, 6, _SEGMENT),
-    _f("env.ldt", "struct", 20, 1, _SEGMENT),
-    _f("env.tr", "struct", 20, 1, _SEGMENT),
-    _f("env.gdt", "struct", 20, 1, _SEGMENT),
-    _f("env.idt", "struct", 20, 1, _SEGMENT),
-    _f("env.sysenter_cs", "uint32", 4),
-    _f("env.sysenter_esp", "uint64", 8),
-    _f("env.sysenter_eip", "uint64", 8),
-    _f("env.cr[0]", "uint64", 8),
-    _f("env.cr[2]", "uint64", 8),
-    _f("env.cr[3]", "uint64", 8),
-    _f("env.cr[4]", "uint64", 8),
-    _f("env.dr", "uint64", 8, 8),
-    _f("env.a20_mask", "int32", 4),
-    _f("env.mxcsr", "uint32", 4),
-    _f("env.xmm_regs[0]", "struct", 16, 16, _XMM),
-    _f("env.efer", "uint64", 8),
-]}
+X86_64_CPU_V12_PREFIX: dict[str, Any] = {
+    "vmsd_name": "cpu",
+    "version": 12,
+    "fields": [
+        _f("env.regs", "uint64", 8, 16),
+        _f("env.eip", "uint64", 8),
+        _f("env.eflags", "uint64", 8),
+        _f("env.hflags", "uint32", 4),
+        _f("env.fpuc", "uint16", 2),
+        _f("env.fpus_vmstate", "uint16", 2),
+        _f("env.fptag_vmstate", "uint16", 2),
+        _f("env.fpregs_format_vmstate", "uint16", 2),
+        _f("env.fpregs", "struct", 10, 8, _FPREG),
+        _f("env.segs", "struct", 20, 6, _SEGMENT),
+        _f("env.ldt", "struct", 20, 1, _SEGMENT),
+        _f("env.tr", "struct", 20, 1, _SEGMENT),
+        _f("env.gdt", "struct", 20, 1, _SEGMENT),
+        _f("env.idt", "struct", 20, 1, _SEGMENT),
+        _f("env.sysenter_cs", "uint32", 4),
+        _f("env.sysenter_esp", "uint64", 8),
+        _f("env.sysenter_eip", "uint64", 8),
+        _f("env.cr[0]", "uint64", 8),
+        _f("env.cr[2]", "uint64", 8),
+        _f("env.cr[3]", "uint64", 8),
+        _f("env.cr[4]", "uint64", 8),
+        _f("env.dr", "uint64", 8, 8),
+        _f("env.a20_mask", "int32", 4),
+        _f("env.mxcsr", "uint32", 4),
+        _f("env.xmm_regs[0]", "struct", 16, 16, _XMM),
+        _f("env.efer", "uint64", 8),
+    ],
+}
 
 
 def _plausible_x86(state: Struct) -> bool:
@@ -78,8 +95,9 @@ def _plausible_x86(state: Struct) -> bool:
     return True
 
 
-def decode_builtin(buf: memoryview, name: str, version_id: int, start: int, end: int,
-                   section: str) -> Struct | None:
+def decode_builtin(
+    buf: memoryview, name: str, version_id: int, start: int, end: int, section: str
+) -> Struct | None:
     """The leading fields of a known section, or None when no built-in layout fits."""
     if name != "cpu" or version_id != 12:
         return None

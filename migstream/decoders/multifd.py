@@ -31,8 +31,13 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
     r.context = f"multifd channel {channel} ({src.name})"
     magic = r.be32("the multifd magic")
     if magic != c.MULTIFD_MAGIC:
-        raise StreamFormatError("not a multifd channel capture", offset=0, section=r.context,
-                                expected=f"{c.MULTIFD_MAGIC:#x}", found=f"{magic:#x}")
+        raise StreamFormatError(
+            "not a multifd channel capture",
+            offset=0,
+            section=r.context,
+            expected=f"{c.MULTIFD_MAGIC:#x}",
+            found=f"{magic:#x}",
+        )
     r.pos = c.MULTIFD_INITIAL_PACKET_SIZE
     r.need(0, "the initial packet")
     out = []
@@ -43,15 +48,24 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
         version = r.be32("the packet version")
         flags = r.be32("the packet flags")
         if magic != c.MULTIFD_MAGIC or version != c.MULTIFD_VERSION:
-            raise StreamFormatError("bad multifd packet header", offset=start, section=r.context,
-                                    expected=f"{c.MULTIFD_MAGIC:#x} v{c.MULTIFD_VERSION}",
-                                    found=f"{magic:#x} v{version}")
+            raise StreamFormatError(
+                "bad multifd packet header",
+                offset=start,
+                section=r.context,
+                expected=f"{c.MULTIFD_MAGIC:#x} v{c.MULTIFD_VERSION}",
+                found=f"{magic:#x} v{version}",
+            )
         if flags & c.MULTIFD_FLAG_DEVICE_STATE:
-            raise UnsupportedError("multifd device-state packets are not read yet", offset=start,
-                                   section=r.context)
+            raise UnsupportedError(
+                "multifd device-state packets are not read yet", offset=start, section=r.context
+            )
         if flags & c.MULTIFD_FLAG_COMPRESSION_MASK:
-            raise UnsupportedError("compressed multifd channels are not read yet", offset=start,
-                                   section=r.context, found=f"method {(flags & c.MULTIFD_FLAG_COMPRESSION_MASK) >> 1}")
+            raise UnsupportedError(
+                "compressed multifd channels are not read yet",
+                offset=start,
+                section=r.context,
+                found=f"method {(flags & c.MULTIFD_FLAG_COMPRESSION_MASK) >> 1}",
+            )
         r.be32("pages_alloc")
         normal = r.be32("normal_pages")
         next_size = r.be32("next_packet_size")
@@ -60,22 +74,40 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
         r.pos = start + 64
         block = decode_name(bytes(r.take(256, "the block name")).split(b"\0", 1)[0])
         if normal + zero > slots:
-            raise StreamFormatError("multifd packet lists more pages than it has slots", offset=start,
-                                    section=r.context, expected=f"<= {slots}", found=normal + zero)
+            raise StreamFormatError(
+                "multifd packet lists more pages than it has slots",
+                offset=start,
+                section=r.context,
+                expected=f"<= {slots}",
+                found=normal + zero,
+            )
         r.need(header - c.MULTIFD_PACKET_HEADER_SIZE, "the packet's page offsets")
         offs = np.frombuffer(src.buffer, dtype=">u8", count=slots, offset=r.pos)
         r.pos = start + header
         # Uncompressed payload: exactly the listed pages.  (Older sources leave a
         # stale size in packets that carry no page.)
         if normal and next_size != normal * ps:
-            raise StreamFormatError("multifd payload size does not match its page count", offset=start,
-                                    section=r.context, expected=normal * ps, found=next_size)
+            raise StreamFormatError(
+                "multifd payload size does not match its page count",
+                offset=start,
+                section=r.context,
+                expected=normal * ps,
+                found=next_size,
+            )
         r.need(normal * ps, "the packet's pages")
         payload = r.pos
         r.pos += normal * ps
         if normal or zero:
-            out.append((num, channel, block, offs[:normal].astype(np.int64), offs[normal : normal + zero]
-                        .astype(np.int64), payload))
+            out.append(
+                (
+                    num,
+                    channel,
+                    block,
+                    offs[:normal].astype(np.int64),
+                    offs[normal : normal + zero].astype(np.int64),
+                    payload,
+                )
+            )
     return out
 
 
@@ -92,15 +124,21 @@ def index_channels(stream: Stream) -> None:
     for num, ch, block, normal, zero, payload in packets:
         bi = by_name.get(block)
         if bi is None:
-            raise StreamFormatError("multifd packet names a RAM block that is not in the block list",
-                                    section=f"multifd channel {ch}", found=repr(block))
+            raise StreamFormatError(
+                "multifd packet names a RAM block that is not in the block list",
+                section=f"multifd channel {ch}",
+                found=repr(block),
+            )
         size = ram.blocks[bi].size
         for offsets, kind in ((normal, PageKind.MULTIFD), (zero, PageKind.MULTIFD_ZERO)):
             if not len(offsets):
                 continue
             if (offsets % ps).any() or (offsets >= size).any():
-                raise StreamFormatError("multifd page offset outside its block or not page aligned",
-                                        section=f"multifd channel {ch}", field=block)
+                raise StreamFormatError(
+                    "multifd page offset outside its block or not page aligned",
+                    section=f"multifd channel {ch}",
+                    field=block,
+                )
             breaks = np.flatnonzero(np.diff(offsets) != ps) + 1
             bounds = [0, *breaks.tolist(), len(offsets)]
             for a, b in zip(bounds[:-1], bounds[1:]):

@@ -68,8 +68,9 @@ class PageMap:
         buf = self.stream.source.buffer
         discards = self._discards()
         di = 0
-        order = sorted(range(len(runs)), key=lambda i: (runs.channel[i] != 0, runs.aux[i] if runs.channel[i]
-                                                        else 0, i))
+        order = sorted(
+            range(len(runs)), key=lambda i: (runs.channel[i] != 0, runs.aux[i] if runs.channel[i] else 0, i)
+        )
         for i in order:
             ch = runs.channel[i]
             if ch == 0:
@@ -97,9 +98,11 @@ class PageMap:
                 data_at = runs.offset[i] + runs.skip[i]
                 delta = bytes(buf[data_at : data_at + runs.aux[i]])
                 if target[0] == ABSENT:
-                    self.warnings.append(f"XBZRLE page at {self.blocks[bi].name}+{addr:#x} (stream offset "
-                                         f"{runs.offset[i]:#x}) is encoded against a copy that is not in the "
-                                         "stream; decoded against zeros")
+                    self.warnings.append(
+                        f"XBZRLE page at {self.blocks[bi].name}+{addr:#x} (stream offset "
+                        f"{runs.offset[i]:#x}) is encoded against a copy that is not in the "
+                        "stream; decoded against zeros"
+                    )
                 page = bytearray(self.page_bytes(bi, first))
                 try:
                     apply_xbzrle(delta, page)
@@ -110,14 +113,20 @@ class PageMap:
                 data_at = runs.offset[i] + runs.skip[i]
                 d = zlib.decompressobj()
                 try:
-                    page = d.decompress(bytes(buf[data_at : data_at + runs.aux[i]]), ps + 1)
+                    inflated = d.decompress(bytes(buf[data_at : data_at + runs.aux[i]]), ps + 1)
                 except zlib.error as exc:
-                    raise StreamFormatError(f"compressed page does not inflate: {exc}", offset=data_at,
-                                            section="ram") from None
-                if len(page) != ps:
-                    raise StreamFormatError("compressed page does not inflate to one page", offset=data_at,
-                                            section="ram", expected=ps, found=len(page))
-                target[0] = self._special(page)
+                    raise StreamFormatError(
+                        f"compressed page does not inflate: {exc}", offset=data_at, section="ram"
+                    ) from None
+                if len(inflated) != ps:
+                    raise StreamFormatError(
+                        "compressed page does not inflate to one page",
+                        offset=data_at,
+                        section="ram",
+                        expected=ps,
+                        found=len(inflated),
+                    )
+                target[0] = self._special(inflated)
         while di < len(discards):
             self._discard(*discards[di][1:])
             di += 1

@@ -98,16 +98,25 @@ class RamDecoder:
         remaining = total
         while remaining > 0:
             if len(st.blocks) >= MAX_RAM_BLOCKS:
-                raise LimitError("too many RAM blocks", offset=r.pos, section=r.context,
-                                 expected=f"<= {MAX_RAM_BLOCKS}", found=len(st.blocks))
+                raise LimitError(
+                    "too many RAM blocks",
+                    offset=r.pos,
+                    section=r.context,
+                    expected=f"<= {MAX_RAM_BLOCKS}",
+                    found=len(st.blocks),
+                )
             entry = r.pos
             name = r.cstr8("a RAM block name")
             used = r.be64("a RAM block length")
             if used > remaining:
                 raise StreamFormatError(
                     f"RAM block {name!r} is longer than what is left of the announced total",
-                    offset=entry, section=r.context, field="ram.blocks", expected=f"<= {remaining:#x}",
-                    found=used)
+                    offset=entry,
+                    section=r.context,
+                    field="ram.blocks",
+                    expected=f"<= {remaining:#x}",
+                    found=used,
+                )
             page_size = None
             if opts.postcopy_page_sizes and self._has_page_size(r):
                 page_size = r.be64("a RAM block page size")
@@ -122,9 +131,13 @@ class RamDecoder:
                 bitmap_offset = r.be64("mapped-ram bitmap offset")
                 pages_offset = r.be64("mapped-ram pages offset")
                 if version > MAPPED_RAM_VERSION:
-                    raise UnsupportedError("mapped-ram header version is newer than this reader knows",
-                                           offset=hstart, section=r.context, expected=f"<= {MAPPED_RAM_VERSION}",
-                                           found=version)
+                    raise UnsupportedError(
+                        "mapped-ram header version is newer than this reader knows",
+                        offset=hstart,
+                        section=r.context,
+                        expected=f"<= {MAPPED_RAM_VERSION}",
+                        found=version,
+                    )
                 assert r.pos - hstart == MAPPED_RAM_HEADER_SIZE
                 mapped = MappedRamHeader(version, mps, bitmap_offset, pages_offset)
             block = RamBlock(len(st.blocks), name, used, entry, page_size, mr_addr, mapped)
@@ -135,9 +148,14 @@ class RamDecoder:
                 # The writer jumps over the region that holds this block's pages.
                 target = pages_offset + used
                 if target < r.pos or target > r.end:
-                    raise StreamFormatError("mapped-ram pages region lies outside the stream", offset=hstart,
-                                            section=r.context, field=f"ram.blocks[{name}]",
-                                            expected=f"{r.pos:#x}..{r.end:#x}", found=target)
+                    raise StreamFormatError(
+                        "mapped-ram pages region lies outside the stream",
+                        offset=hstart,
+                        section=r.context,
+                        field=f"ram.blocks[{name}]",
+                        expected=f"{r.pos:#x}..{r.end:#x}",
+                        found=target,
+                    )
                 self._index_mapped(r, block, mapped)
                 r.pos = target
 
@@ -154,14 +172,20 @@ class RamDecoder:
     def _index_mapped(self, r: Reader, block: RamBlock, hdr: MappedRamHeader) -> None:
         ps = hdr.page_size
         if ps <= 0 or ps & (ps - 1):
-            raise StreamFormatError("mapped-ram page size is not a power of two", offset=block.offset,
-                                    section=r.context, found=ps)
+            raise StreamFormatError(
+                "mapped-ram page size is not a power of two", offset=block.offset, section=r.context, found=ps
+            )
         npages = -(-block.size // ps)
         nbytes = -(-npages // 64) * 8
         if hdr.bitmap_offset + nbytes > r.end:
-            raise StreamFormatError("mapped-ram bitmap lies outside the stream", offset=block.offset,
-                                    section=r.context, field=f"ram.blocks[{block.name}]",
-                                    expected=f"<= {r.end:#x}", found=hdr.bitmap_offset + nbytes)
+            raise StreamFormatError(
+                "mapped-ram bitmap lies outside the stream",
+                offset=block.offset,
+                section=r.context,
+                field=f"ram.blocks[{block.name}]",
+                expected=f"<= {r.end:#x}",
+                found=hdr.bitmap_offset + nbytes,
+            )
         words = np.frombuffer(r.buf, dtype="<u8", count=nbytes // 8, offset=hdr.bitmap_offset)
         bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:npages]
         if not bits.any():
@@ -172,8 +196,9 @@ class RamDecoder:
         starts, stops = edges[0::2], edges[1::2]
         st = self.state
         for a, b in zip(starts.tolist(), stops.tolist()):
-            st.runs.add(block.index, a * ps, b - a, PageKind.MAPPED, hdr.pages_offset + a * ps, ps, 0, 0,
-                        self.channel)
+            st.runs.add(
+                block.index, a * ps, b - a, PageKind.MAPPED, hdr.pages_offset + a * ps, ps, 0, 0, self.channel
+            )
             st.counters.mapped += b - a
 
     # -- page records -----------------------------------------------------
@@ -201,29 +226,49 @@ class RamDecoder:
                 counters.multifd_flush += 1
                 continue
             if kind_flags == RamFlag.HOOK:
-                raise UnsupportedError("RAM HOOK record: this stream was written for RDMA migration, whose pages "
-                                       "travel outside the stream", offset=start, section=r.context)
+                raise UnsupportedError(
+                    "RAM HOOK record: this stream was written for RDMA migration, whose pages "
+                    "travel outside the stream",
+                    offset=start,
+                    section=r.context,
+                )
             if kind_flags not in (RamFlag.ZERO, RamFlag.PAGE, RamFlag.XBZRLE, RamFlag.COMPRESS_PAGE):
-                raise StreamFormatError("unknown RAM record flags", offset=start, section=r.context,
-                                        expected="one of ZERO, PAGE, XBZRLE, COMPRESS_PAGE, MEM_SIZE, EOS, "
-                                        "MULTIFD_FLUSH (optionally with CONTINUE)", found=_flag_names(flags))
+                raise StreamFormatError(
+                    "unknown RAM record flags",
+                    offset=start,
+                    section=r.context,
+                    expected="one of ZERO, PAGE, XBZRLE, COMPRESS_PAGE, MEM_SIZE, EOS, "
+                    "MULTIFD_FLUSH (optionally with CONTINUE)",
+                    found=_flag_names(flags),
+                )
             if flags & RamFlag.CONTINUE:
                 if st.current_block is None:
-                    raise StreamFormatError("page record continues a block, but no block was named before",
-                                            offset=start, section=r.context)
+                    raise StreamFormatError(
+                        "page record continues a block, but no block was named before",
+                        offset=start,
+                        section=r.context,
+                    )
                 bi = st.current_block
             else:
                 name = r.cstr8("a RAM block name")
                 found = st.by_name.get(name)
                 if found is None:
-                    raise StreamFormatError("page record names a RAM block that is not in the block list",
-                                            offset=start, section=r.context, found=repr(name))
+                    raise StreamFormatError(
+                        "page record names a RAM block that is not in the block list",
+                        offset=start,
+                        section=r.context,
+                        found=repr(name),
+                    )
                 bi = st.current_block = found
             block = st.blocks[bi]
             if addr + ps > block.size and addr >= block.size:
-                raise StreamFormatError(f"page offset lies beyond the end of RAM block {block.name!r}",
-                                        offset=start, section=r.context, expected=f"< {block.size:#x}",
-                                        found=addr)
+                raise StreamFormatError(
+                    f"page offset lies beyond the end of RAM block {block.name!r}",
+                    offset=start,
+                    section=r.context,
+                    expected=f"< {block.size:#x}",
+                    found=addr,
+                )
             head = r.pos - start
             if kind_flags == RamFlag.PAGE:
                 r.skip(ps, "a page")
@@ -246,12 +291,22 @@ class RamDecoder:
             elif kind_flags == RamFlag.XBZRLE:
                 enc = r.u8("an XBZRLE encoding flag")
                 if enc != ENCODING_FLAG_XBZRLE:
-                    raise StreamFormatError("bad XBZRLE encoding flag", offset=r.pos - 1, section=r.context,
-                                            expected=ENCODING_FLAG_XBZRLE, found=enc)
+                    raise StreamFormatError(
+                        "bad XBZRLE encoding flag",
+                        offset=r.pos - 1,
+                        section=r.context,
+                        expected=ENCODING_FLAG_XBZRLE,
+                        found=enc,
+                    )
                 n = r.be16("an XBZRLE length")
                 if n > ps:
-                    raise LimitError("XBZRLE data longer than a page", offset=r.pos - 2, section=r.context,
-                                     expected=f"<= {ps}", found=n)
+                    raise LimitError(
+                        "XBZRLE data longer than a page",
+                        offset=r.pos - 2,
+                        section=r.context,
+                        expected=f"<= {ps}",
+                        found=n,
+                    )
                 r.skip(n, "XBZRLE data")
                 runs.add(bi, addr, 1, PageKind.XBZRLE, start, 0, r.pos - n - start, n, self.channel)
                 counters.xbzrle += 1
@@ -263,8 +318,9 @@ class RamDecoder:
                 counters.compressed += 1
 
     @staticmethod
-    def _extend(buf: memoryview, start: int, stride: int, word: int, ps: int, block_left: int, end: int,
-                fill: int) -> int:
+    def _extend(
+        buf: memoryview, start: int, stride: int, word: int, ps: int, block_left: int, end: int, fill: int
+    ) -> int:
         """How many records right after the one at ``start`` continue its run.
 
         They must sit every ``stride`` bytes, carry the same flags, name the next
@@ -281,7 +337,9 @@ class RamDecoder:
             expected = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(ps) + np.uint64(word)
             ok = words == expected
             if fill >= 0:
-                fills = np.ndarray((n,), dtype=np.uint8, buffer=buf, offset=first + stride - 1, strides=(stride,))
+                fills = np.ndarray(
+                    (n,), dtype=np.uint8, buffer=buf, offset=first + stride - 1, strides=(stride,)
+                )
                 ok &= fills == fill
             if ok.all():
                 total += n

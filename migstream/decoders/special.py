@@ -45,8 +45,13 @@ def decode_block(r: Reader, kind: str) -> Summary:
                 r.skip(c.BLK_MIG_BLOCK_SIZE, "a block migration chunk")
                 _bump(s, "chunks")
             continue
-        raise StreamFormatError("unknown block migration record flags", offset=start, section=r.context,
-                                expected="DEVICE_BLOCK, EOS or PROGRESS", found=f"{flags:#x}")
+        raise StreamFormatError(
+            "unknown block migration record flags",
+            offset=start,
+            section=r.context,
+            expected="DEVICE_BLOCK, EOS or PROGRESS",
+            found=f"{flags:#x}",
+        )
 
 
 def decode_dirty_bitmap(r: Reader, kind: str) -> Summary:
@@ -70,8 +75,13 @@ def decode_dirty_bitmap(r: Reader, kind: str) -> Summary:
             s["granularity"] = r.be32("a bitmap granularity")
             bflags = r.u8("bitmap flags")
             if bflags & 0xF8:
-                raise StreamFormatError("unknown dirty bitmap START flags", offset=r.pos - 1, section=r.context,
-                                        expected="bits 0x07 only", found=f"{bflags:#x}")
+                raise StreamFormatError(
+                    "unknown dirty bitmap START flags",
+                    offset=r.pos - 1,
+                    section=r.context,
+                    expected="bits 0x07 only",
+                    found=f"{bflags:#x}",
+                )
             _bump(s, "started")
         if flags & c.DIRTY_BITMAP_MIG_FLAG_BITS:
             r.be64("first sector")
@@ -87,10 +97,12 @@ def decode_dirty_bitmap(r: Reader, kind: str) -> Summary:
             _bump(s, "completed")
         if flags & c.DIRTY_BITMAP_MIG_FLAG_EOS:
             return s
-        if not flags & (c.DIRTY_BITMAP_MIG_FLAG_START | c.DIRTY_BITMAP_MIG_FLAG_BITS
-                        | c.DIRTY_BITMAP_MIG_FLAG_COMPLETE):
-            raise StreamFormatError("dirty bitmap chunk of no known kind", offset=start, section=r.context,
-                                    found=f"{flags:#x}")
+        if not flags & (
+            c.DIRTY_BITMAP_MIG_FLAG_START | c.DIRTY_BITMAP_MIG_FLAG_BITS | c.DIRTY_BITMAP_MIG_FLAG_COMPLETE
+        ):
+            raise StreamFormatError(
+                "dirty bitmap chunk of no known kind", offset=start, section=r.context, found=f"{flags:#x}"
+            )
 
 
 def decode_htab(r: Reader, kind: str) -> Summary:
@@ -121,8 +133,9 @@ def decode_storage_attributes(r: Reader, kind: str) -> Summary:
         word = r.be64("a storage attribute record")
         flags = word & 0xFFF
         if flags & c.STATTR_FLAG_ERROR:
-            raise StreamFormatError("the source reported an error in the storage attributes", offset=start,
-                                    section=r.context)
+            raise StreamFormatError(
+                "the source reported an error in the storage attributes", offset=start, section=r.context
+            )
         if flags & c.STATTR_FLAG_EOS:
             return s
         if flags & c.STATTR_FLAG_DONE:
@@ -134,8 +147,13 @@ def decode_storage_attributes(r: Reader, kind: str) -> Summary:
             r.skip(n)
             s["pages"] += n
             continue
-        raise StreamFormatError("unknown storage attribute flags", offset=start, section=r.context,
-                                expected="MORE, DONE or EOS", found=f"{flags:#x}")
+        raise StreamFormatError(
+            "unknown storage attribute flags",
+            offset=start,
+            section=r.context,
+            expected="MORE, DONE or EOS",
+            found=f"{flags:#x}",
+        )
 
 
 _VFIO_NAMES = {
@@ -156,8 +174,11 @@ def decode_vfio(r: Reader, kind: str) -> Summary:
     while True:
         start = r.pos
         tag = r.be64("a VFIO tag")
-        if tag in (c.VFIO_MIG_FLAG_END_OF_STATE, c.VFIO_MIG_FLAG_DEV_INIT_DATA_SENT,
-                   c.VFIO_MIG_FLAG_DEV_CONFIG_LOAD_READY):
+        if tag in (
+            c.VFIO_MIG_FLAG_END_OF_STATE,
+            c.VFIO_MIG_FLAG_DEV_INIT_DATA_SENT,
+            c.VFIO_MIG_FLAG_DEV_CONFIG_LOAD_READY,
+        ):
             s["end"] = _VFIO_NAMES[tag]
             return s
         if tag == c.VFIO_MIG_FLAG_DEV_SETUP_STATE:
@@ -165,8 +186,13 @@ def decode_vfio(r: Reader, kind: str) -> Summary:
         if tag == c.VFIO_MIG_FLAG_DEV_DATA_STATE:
             n = r.be64("a VFIO data length")
             if n > MAX_VFIO_CHUNK:
-                raise LimitError("VFIO data chunk too large", offset=r.pos - 8, section=r.context,
-                                 expected=f"<= {MAX_VFIO_CHUNK}", found=n)
+                raise LimitError(
+                    "VFIO data chunk too large",
+                    offset=r.pos - 8,
+                    section=r.context,
+                    expected=f"<= {MAX_VFIO_CHUNK}",
+                    found=n,
+                )
             r.skip(n, "VFIO data")
             s["data_bytes"] += n
             continue

@@ -54,8 +54,15 @@ class Leaf:
 
     __slots__ = ("type", "offset", "size", "value", "signed", "inner")
 
-    def __init__(self, type: str, offset: int, size: int, value: int | bool | bytes | str | None,
-                 signed: bool = False, inner: Struct | None = None) -> None:
+    def __init__(
+        self,
+        type: str,
+        offset: int,
+        size: int,
+        value: int | bool | bytes | str | None,
+        signed: bool = False,
+        inner: Struct | None = None,
+    ) -> None:
         self.type = type
         self.offset = offset
         self.size = size
@@ -87,8 +94,10 @@ class IntArray:
         self.values = values
 
     def leaves(self) -> list[Leaf]:
-        return [Leaf(self.type, self.offset + i * self.size, self.size, v, self.signed)
-                for i, v in enumerate(self.values)]
+        return [
+            Leaf(self.type, self.offset + i * self.size, self.size, v, self.signed)
+            for i, v in enumerate(self.values)
+        ]
 
 
 Node = Union[Leaf, "Struct", list[Any]]
@@ -149,8 +158,18 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, Leaf]]:
             yield from _walk(item, f"{path}[{i}]")
 
 
-_BE_UNSIGNED = {1: _struct.Struct(">B"), 2: _struct.Struct(">H"), 4: _struct.Struct(">I"), 8: _struct.Struct(">Q")}
-_BE_SIGNED = {1: _struct.Struct(">b"), 2: _struct.Struct(">h"), 4: _struct.Struct(">i"), 8: _struct.Struct(">q")}
+_BE_UNSIGNED = {
+    1: _struct.Struct(">B"),
+    2: _struct.Struct(">H"),
+    4: _struct.Struct(">I"),
+    8: _struct.Struct(">Q"),
+}
+_BE_SIGNED = {
+    1: _struct.Struct(">b"),
+    2: _struct.Struct(">h"),
+    4: _struct.Struct(">i"),
+    8: _struct.Struct(">q"),
+}
 
 
 class NeedsSectionEnd(DescriptionError):
@@ -175,17 +194,24 @@ class VmstateDecoder:
     def decode_vmsd(self, r: Reader, desc: Mapping[str, Any], path: str = "", depth: int = 0) -> Struct:
         """Fields then subsections of one vmsd description."""
         if depth > MAX_DEPTH:
-            raise DescriptionError("description nests structs too deeply", offset=r.pos, section=self.section,
-                                   field=path)
+            raise DescriptionError(
+                "description nests structs too deeply", offset=r.pos, section=self.section, field=path
+            )
         out = Struct(r.pos, _str_or_none(desc.get("vmsd_name")), _int_or_none(desc.get("version")))
         fields = desc.get("fields", [])
         if not isinstance(fields, list):
             raise DescriptionError("'fields' is not a list", section=self.section, field=path)
         for i, fdesc in enumerate(fields):
             if not isinstance(fdesc, Mapping):
-                raise DescriptionError("a field description is not an object", section=self.section, field=path)
-            if fdesc.get("type") == "struct" and fdesc.get("size") == 1 and isinstance(fdesc.get("struct"), Mapping) \
-                    and not fdesc["struct"].get("fields"):
+                raise DescriptionError(
+                    "a field description is not an object", section=self.section, field=path
+                )
+            if (
+                fdesc.get("type") == "struct"
+                and fdesc.get("size") == 1
+                and isinstance(fdesc.get("struct"), Mapping)
+                and not fdesc["struct"].get("fields")
+            ):
                 tail = _fixed_size(fields[i + 1 :]) if depth == 0 and not desc.get("subsections") else None
                 self._decode_pointer_slots(r, fdesc, out, path, tail)
                 continue
@@ -196,19 +222,31 @@ class VmstateDecoder:
                 raise DescriptionError("'subsections' is not a list", section=self.section, field=path)
             for sdesc in subs:
                 if not isinstance(sdesc, Mapping):
-                    raise DescriptionError("a subsection description is not an object", section=self.section,
-                                           field=path)
+                    raise DescriptionError(
+                        "a subsection description is not an object", section=self.section, field=path
+                    )
                 want = sdesc.get("vmsd_name")
                 start = r.pos
                 marker = r.u8("a subsection marker")
                 if marker != RecordType.SUBSECTION:
                     r.pos = start
-                    raise self._error(f"subsection {want!r} expected", r, path,
-                                      expected=f"{int(RecordType.SUBSECTION):#04x}", found=f"{marker:#04x}")
+                    raise self._error(
+                        f"subsection {want!r} expected",
+                        r,
+                        path,
+                        expected=f"{int(RecordType.SUBSECTION):#04x}",
+                        found=f"{marker:#04x}",
+                    )
                 name = r.cstr8("a subsection name")
                 if want is not None and name != want:
-                    raise StreamFormatError("subsection name differs from the description", offset=start,
-                                            section=self.section, field=path, expected=want, found=name)
+                    raise StreamFormatError(
+                        "subsection name differs from the description",
+                        offset=start,
+                        section=self.section,
+                        field=path,
+                        expected=want,
+                        found=name,
+                    )
                 version = r.be32("a subsection version")
                 sub = self.decode_vmsd(r, sdesc, f"{path}/{name}" if path else name, depth + 1)
                 sub.version = version
@@ -221,7 +259,9 @@ class VmstateDecoder:
         name = fdesc.get("name")
         ftype = fdesc.get("type")
         if not isinstance(name, str) or not isinstance(ftype, str):
-            raise DescriptionError("a field description lacks its name or type", section=self.section, field=path)
+            raise DescriptionError(
+                "a field description lacks its name or type", section=self.section, field=path
+            )
         count = fdesc.get("array_len", 1)
         if not isinstance(count, int) or count < 0:
             raise DescriptionError("bad array_len", section=self.section, field=f"{path}.{name}", found=count)
@@ -241,8 +281,9 @@ class VmstateDecoder:
         for _ in range(count):
             out.add(name, self._decode_element(r, fdesc, ftype, size, fpath, depth))
 
-    def _decode_pointer_slots(self, r: Reader, fdesc: Mapping[str, Any], out: Struct, path: str,
-                              tail: int | None) -> None:
+    def _decode_pointer_slots(
+        self, r: Reader, fdesc: Mapping[str, Any], out: Struct, path: str, tail: int | None
+    ) -> None:
         """An array of pointers as older descriptions show it: every slot described as a 1-byte NULL."""
         name = str(fdesc.get("name"))
         count = fdesc.get("array_len", 1)
@@ -257,28 +298,38 @@ class VmstateDecoder:
                 continue
             r.pos = start
             if self.end_hint is None or tail is None:
-                raise NeedsSectionEnd("a pointer slot is not NULL, but the description only knows NULL slots "
-                                      "(QEMU < 10.0)", offset=start, section=self.section, field=f"{fpath}[{i}]")
+                raise NeedsSectionEnd(
+                    "a pointer slot is not NULL, but the description only knows NULL slots (QEMU < 10.0)",
+                    offset=start,
+                    section=self.section,
+                    field=f"{fpath}[{i}]",
+                )
             left = count - i - 1
             region_end = self.end_hint - tail
             n = region_end - start - left
             if n < 1 or bytes(r.buf[start + n : region_end]) != bytes([VMS_NULLPTR_MARKER]) * left:
-                raise DescriptionError("cannot size the non-NULL slots of a pointer array the description "
-                                       "mis-describes", offset=start, section=self.section, field=f"{fpath}[{i}]")
+                raise DescriptionError(
+                    "cannot size the non-NULL slots of a pointer array the description mis-describes",
+                    offset=start,
+                    section=self.section,
+                    field=f"{fpath}[{i}]",
+                )
             out.add(name, Leaf("struct", start, n, bytes(r.take(n))))
             for _ in range(left):
                 out.add(name, Leaf("nullptr", r.pos, 1, None))
                 r.pos += 1
             return
 
-    def _decode_element(self, r: Reader, fdesc: Mapping[str, Any], ftype: str, size: int, path: str,
-                        depth: int) -> Any:
+    def _decode_element(
+        self, r: Reader, fdesc: Mapping[str, Any], ftype: str, size: int, path: str, depth: int
+    ) -> Any:
         start = r.pos
         if ftype == "struct":
             sdesc = fdesc.get("struct")
             if not isinstance(sdesc, Mapping):
-                raise DescriptionError("struct field without a 'struct' description", section=self.section,
-                                       field=path)
+                raise DescriptionError(
+                    "struct field without a 'struct' description", section=self.section, field=path
+                )
             if size == 1 and not sdesc.get("fields") and r.peek_u8() == VMS_NULLPTR_MARKER:
                 # Older descriptions show a NULL pointer slot with the pointee's type.
                 r.pos += 1
@@ -289,8 +340,9 @@ class VmstateDecoder:
             fmt = (_BE_SIGNED if INT_TYPES[ftype] else _BE_UNSIGNED).get(size)
             if fmt is None:
                 raw = bytes(r.take(size, f"field {path}"))
-                return Leaf(ftype, start, size, int.from_bytes(raw, "big", signed=INT_TYPES[ftype]),
-                            INT_TYPES[ftype])
+                return Leaf(
+                    ftype, start, size, int.from_bytes(raw, "big", signed=INT_TYPES[ftype]), INT_TYPES[ftype]
+                )
             r.need(size, f"field {path}")
             (v,) = fmt.unpack_from(r.buf, r.pos)
             r.pos += size
@@ -301,8 +353,14 @@ class VmstateDecoder:
         if ftype == "nullptr":
             raw = bytes(r.take(size, f"field {path}"))
             if raw != bytes([VMS_NULLPTR_MARKER]) * len(raw):
-                raise StreamFormatError("NULL pointer marker expected", offset=start, section=self.section,
-                                        field=path, expected=f"{VMS_NULLPTR_MARKER:#04x}", found=raw)
+                raise StreamFormatError(
+                    "NULL pointer marker expected",
+                    offset=start,
+                    section=self.section,
+                    field=path,
+                    expected=f"{VMS_NULLPTR_MARKER:#04x}",
+                    found=raw,
+                )
             return Leaf(ftype, start, size, None)
         if ftype == "capability":
             n = r.u8("a capability name length")
@@ -313,8 +371,9 @@ class VmstateDecoder:
             inner = self._try_inline(r, fdesc, start, size, path, depth)
         return Leaf(ftype, start, size, raw, False, inner)
 
-    def _try_inline(self, r: Reader, fdesc: Mapping[str, Any], start: int, size: int, path: str,
-                    depth: int) -> Struct | None:
+    def _try_inline(
+        self, r: Reader, fdesc: Mapping[str, Any], start: int, size: int, path: str, depth: int
+    ) -> Struct | None:
         """Decode a vstruct/tmp entry's own description, if it accounts for exactly its bytes."""
         sub = Reader(r.buf, start, start + size)
         try:
@@ -328,8 +387,15 @@ def _fixed_size(fields: list[Any]) -> int | None:
     """Wire size of fields that have a fixed size (no structs, no counted strings), else None."""
     total = 0
     for f in fields:
-        if not isinstance(f, Mapping) or f.get("type") in ("struct", "capability", "vstruct", "tmp", "qtailq",
-                                                            "qlist", "gtree"):
+        if not isinstance(f, Mapping) or f.get("type") in (
+            "struct",
+            "capability",
+            "vstruct",
+            "tmp",
+            "qtailq",
+            "qlist",
+            "gtree",
+        ):
             return None
         size, count = f.get("size"), f.get("array_len", 1)
         if not isinstance(size, int) or not isinstance(count, int):

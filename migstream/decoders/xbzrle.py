@@ -38,8 +38,9 @@ def apply_xbzrle(delta: bytes, page: bytearray) -> None:
         if nzrun == 0:
             raise StreamFormatError("XBZRLE literal run of 0")
         if d + nzrun > size or pos + nzrun > len(delta):
-            raise StreamFormatError("XBZRLE literal run overflows the page or its data",
-                                    expected=f"<= {size - d}", found=nzrun)
+            raise StreamFormatError(
+                "XBZRLE literal run overflows the page or its data", expected=f"<= {size - d}", found=nzrun
+            )
         page[d : d + nzrun] = delta[pos : pos + nzrun]
         pos += nzrun
         d += nzrun

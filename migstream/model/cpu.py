@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
 
 #: A register is an integer, or a small record of integers (x86 segments:
 #: selector/base/limit/flags; descriptor tables: base/limit).
-RegisterValue = Union[int, Mapping[str, int]]
+RegisterValue = int | Mapping[str, int]
 
 ARCHES = ("x86_64", "aarch64", "ppc64", "s390x")
 

@@ -102,8 +102,18 @@ class RunTable:
         self.aux = array("q")
         self.channel = array("q")
 
-    def add(self, block: int, addr: int, count: int, kind: int, offset: int, stride: int, skip: int,
-            aux: int, channel: int = 0) -> None:
+    def add(
+        self,
+        block: int,
+        addr: int,
+        count: int,
+        kind: int,
+        offset: int,
+        stride: int,
+        skip: int,
+        aux: int,
+        channel: int = 0,
+    ) -> None:
         self.block.append(block)
         self.addr.append(addr)
         self.count.append(count)
@@ -118,8 +128,17 @@ class RunTable:
         return len(self.block)
 
     def __getitem__(self, i: int) -> PageRun:
-        return PageRun(self.block[i], self.addr[i], self.count[i], PageKind(self.kind[i]), self.offset[i],
-                       self.stride[i], self.skip[i], self.aux[i], self.channel[i])
+        return PageRun(
+            self.block[i],
+            self.addr[i],
+            self.count[i],
+            PageKind(self.kind[i]),
+            self.offset[i],
+            self.stride[i],
+            self.skip[i],
+            self.aux[i],
+            self.channel[i],
+        )
 
     def __iter__(self) -> Iterator[PageRun]:
         for i in range(len(self)):

@@ -25,7 +25,7 @@ def _int_text(value: int, size: int, signed: bool) -> str:
 
 def _leaf(leaf: Leaf) -> Any:
     v = leaf.value
-    if leaf.type == "nullptr" or (v is None and leaf.type != "bool"):
+    if v is None:
         return "nullptr"
     if isinstance(v, bool):
         return v

@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..decoders.pagemap import PageMap
 from ..errors import UsageError
 from .memory import _create, write_block_range
 
@@ -53,8 +52,10 @@ def _write_text(root: str, rel: str, text: str, force: bool) -> None:
         f.write(text)
 
 
-def _block_files(stream: Stream, root: str, force: bool, names: dict[str, str]) -> Iterator[tuple[str, str, int]]:
-    pm = PageMap(stream)
+def _block_files(
+    stream: Stream, root: str, force: bool, names: dict[str, str]
+) -> Iterator[tuple[str, str, int]]:
+    pm = stream.pagemap()
     used: set[str] = set()
     for b in stream.ram_blocks:
         rel = names.get(b.name) or safe_relpath(b.name)
@@ -80,9 +81,19 @@ def extract(stream: Stream, root: str, *, force: bool = False) -> Iterator[str]:
     if stream.vmdesc is not None:
         _write_text(root, "desc.json", json.dumps(stream.vmdesc, indent=2) + "\n", force)
         yield "desc.json"
-        state = {"machine": stream.machine,
-                 "devices": [{"name": d.name, "instance_id": d.instance_id, "section_id": d.section_id,
-                              "version_id": d.version_id, "state": to_typed(d.state)} for d in stream.devices]}
+        state = {
+            "machine": stream.machine,
+            "devices": [
+                {
+                    "name": d.name,
+                    "instance_id": d.instance_id,
+                    "section_id": d.section_id,
+                    "version_id": d.version_id,
+                    "state": to_typed(d.state),
+                }
+                for d in stream.devices
+            ],
+        }
         _write_text(root, "state.json", json.dumps(state, indent=2) + "\n", force)
         yield "state.json"
     index: list[dict[str, Any]] = []

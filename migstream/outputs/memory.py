@@ -8,6 +8,7 @@ call.  Zero and absent pages are never written: output files are sparse.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping
@@ -55,8 +56,10 @@ def _pwritev(fd: int, bufs: list[memoryview | bytes], offset: int) -> None:
             done += n
 
 
-def write_block_range(pm: PageMap, block: int, first_page: int, npages: int, out_fd: int, out_offset: int) -> int:
-    """Write pages ``[first_page, first_page + npages)`` of ``block`` at ``out_offset``; returns bytes written."""
+def write_block_range(
+    pm: PageMap, block: int, first_page: int, npages: int, out_fd: int, out_offset: int
+) -> int:
+    """Write pages ``[first_page, first_page + npages)`` of ``block`` at ``out_offset``; returns bytes."""
     ps = pm.page_size
     m = pm.maps[block][first_page : first_page + npages]
     written = 0
@@ -107,7 +110,9 @@ def write_block_range(pm: PageMap, block: int, first_page: int, npages: int, out
 
 def memory_map(stream: Stream, overrides: Mapping[str, int] | None = None) -> MemoryMap:
     blocks = [(b.name, b.size) for b in stream.ram_blocks]
-    return machine_memory_map(blocks, machine=stream.machine, arch=stream.arch, overrides=dict(overrides or {}))
+    return machine_memory_map(
+        blocks, machine=stream.machine, arch=stream.arch, overrides=dict(overrides or {})
+    )
 
 
 def _create(path: str, force: bool) -> int:
@@ -120,7 +125,9 @@ def _create(path: str, force: bool) -> int:
         raise UsageError(f"{path} exists (use --force to overwrite)") from None
 
 
-def write_placements(pm: PageMap, mmap_: MemoryMap, out_fd: int, offset_of: Mapping[int, int] | None = None) -> None:
+def write_placements(
+    pm: PageMap, mmap_: MemoryMap, out_fd: int, offset_of: Mapping[int, int] | None = None
+) -> None:
     """Copy every placed block range to ``gpa`` (or to the file offset ``offset_of[gpa-range start]``)."""
     ps = pm.page_size
     by_name = {b.name: b.index for b in pm.blocks}
@@ -137,27 +144,42 @@ def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
     for b in stream.ram_blocks:
         if mmap_.placements_of(b.name) and not pm.present(b.index):
             if stream.parsed.ram.ignore_shared:
-                notes.append(f"RAM block {b.name} is not in the stream (x-ignore-shared: its pages stay in the "
-                             "shared backing file); its range is left empty")
+                notes.append(
+                    f"RAM block {b.name} is not in the stream (x-ignore-shared: its pages stay in the "
+                    "shared backing file); its range is left empty"
+                )
             else:
-                notes.append(f"RAM block {b.name}: no page of it is in the stream"
-                             + (" (multifd: pass the channel captures after the stream)"
-                                if stream.parsed.ram.stats.multifd_flush or not stream.channels else ""))
+                notes.append(
+                    f"RAM block {b.name}: no page of it is in the stream"
+                    + (
+                        " (multifd: pass the channel captures after the stream)"
+                        if stream.parsed.ram.stats.multifd_flush or not stream.channels
+                        else ""
+                    )
+                )
     if mmap_.unplaced:
-        notes.append("not placed (no fixed guest-physical address; use --map BLOCK=GPA): "
-                     + ", ".join(mmap_.unplaced))
+        notes.append(
+            "not placed (no fixed guest-physical address; use --map BLOCK=GPA): " + ", ".join(mmap_.unplaced)
+        )
     return notes
 
 
-def write_memory(stream: Stream, output: str | None, *, fmt: str = "raw", overrides: Mapping[str, int] | None = None,
-                 print_map: bool = False, force: bool = False) -> str:
+def write_memory(
+    stream: Stream,
+    output: str | None,
+    *,
+    fmt: str = "raw",
+    overrides: Mapping[str, int] | None = None,
+    print_map: bool = False,
+    force: bool = False,
+) -> str:
     """``migstream memory``: returns what to print on standard output."""
     mmap_ = memory_map(stream, overrides)
     if print_map and not output:
         return mmap_.describe() + "\n"
     if not output:
         raise UsageError("memory needs -o OUT (or --print-map)")
-    pm = PageMap(stream)
+    pm = stream.pagemap()
     fd = _create(output, force)
     try:
         if fmt == "raw":
@@ -188,10 +210,8 @@ def write_memory(stream: Stream, output: str | None, *, fmt: str = "raw", overri
             write_placements(pm, mmap_, fd, place_offsets)
     except BaseException:
         os.close(fd)
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(output)
-        except OSError:
-            pass
         raise
     os.close(fd)
     for note in _notes(stream, pm, mmap_):

@@ -33,8 +33,10 @@ def _convert(node: Any, typed: bool, offsets: bool) -> Any:
         return value
     if isinstance(node, IntArray):
         if offsets:
-            return [{"value": v, "type": node.type, "offset": node.offset + i * node.size, "size": node.size}
-                    for i, v in enumerate(node.values)]
+            return [
+                {"value": v, "type": node.type, "offset": node.offset + i * node.size, "size": node.size}
+                for i, v in enumerate(node.values)
+            ]
         return list(node.values)
     if isinstance(node, Struct):
         return {k: _convert(v, typed, offsets) for k, v in node.items()}
@@ -44,7 +46,7 @@ def _convert(node: Any, typed: bool, offsets: bool) -> Any:
 
 
 def to_plain(state: Struct | None) -> dict[str, Any]:
-    """Plain Python values: int, bool, bytes, str, None, lists and dicts (field names as in the description)."""
+    """Plain Python values: int, bool, bytes, str, None, lists, dicts (names as in the description)."""
     if state is None:
         return {}
     out = _convert(state, False, False)
@@ -53,7 +55,7 @@ def to_plain(state: Struct | None) -> dict[str, Any]:
 
 
 def to_typed(state: Struct | None, offsets: bool = False) -> dict[str, Any]:
-    """JSON-ready values: numbers as numbers, bytes as hex strings; with ``offsets`` each leaf is an object."""
+    """JSON-ready values: numbers, bytes as hex strings; with ``offsets`` each leaf is an object."""
     if state is None:
         return {}
     out = _convert(state, True, offsets)

@@ -13,7 +13,12 @@ if TYPE_CHECKING:
     from ..api import Stream
 
 #: Main RAM block name -> architecture.
-_ARCH_BY_BLOCK = {"pc.ram": "x86_64", "mach-virt.ram": "aarch64", "ppc_spapr.ram": "ppc64", "s390.ram": "s390x"}
+_ARCH_BY_BLOCK = {
+    "pc.ram": "x86_64",
+    "mach-virt.ram": "aarch64",
+    "ppc_spapr.ram": "ppc64",
+    "s390.ram": "s390x",
+}
 _ARCH_BY_MACHINE = (
     (re.compile(r"^(pc|q35|microvm|isapc|xenfv)"), "x86_64"),
     (re.compile(r"^virt|^sbsa|^raspi"), "aarch64"),
@@ -146,12 +151,27 @@ def info_json(stream: Stream) -> dict[str, Any]:
         "ram_blocks": [{**b.to_json(), "pages": counts.get(b.name, {})} for b in p.ram.blocks],
         "ram": p.ram.stats.to_json(),
         "commands": [r.to_json() for r in p.records if r.command],
-        "devices": [{"section_id": d.section_id, "name": d.name, "instance_id": d.instance_id,
-                     "version_id": d.version_id, "offset": d.offset, "size": d.payload_size,
-                     "decoded": d.state is not None} for d in p.devices],
-        "live_sections": [{"section_id": s.section_id, "name": s.name, "decoded": s.decoded,
-                           "records": [{"type": t, "offset": o, **dict(sm)} for t, o, sm in s.summaries]}
-                          for s in p.live_sections],
+        "devices": [
+            {
+                "section_id": d.section_id,
+                "name": d.name,
+                "instance_id": d.instance_id,
+                "version_id": d.version_id,
+                "offset": d.offset,
+                "size": d.payload_size,
+                "decoded": d.state is not None,
+            }
+            for d in p.devices
+        ],
+        "live_sections": [
+            {
+                "section_id": s.section_id,
+                "name": s.name,
+                "decoded": s.decoded,
+                "records": [{"type": t, "offset": o, **dict(sm)} for t, o, sm in s.summaries],
+            }
+            for s in p.live_sections
+        ],
         "channels": [{"name": c.name, "size": c.size} for c in stream.channels],
         "diagnostics": [d.to_json() for d in p.diagnostics],
     }
@@ -168,11 +188,15 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
     """A readable summary."""
     p = stream.parsed
     lines: list[str] = []
-    lines.append(f"{stream.source.name}: QEMU migration stream, version {p.version}, {p.size} bytes"
-                 + (f" ({stream.source.container})" if stream.source.container != "raw" else ""))
+    lines.append(
+        f"{stream.source.name}: QEMU migration stream, version {p.version}, {p.size} bytes"
+        + (f" ({stream.source.container})" if stream.source.container != "raw" else "")
+    )
     cfg = p.configuration
-    lines.append(f"  machine:       {cfg.machine if cfg else '(no configuration record)'}"
-                 + (f"   arch: {guess_arch(stream)}" if guess_arch(stream) else ""))
+    lines.append(
+        f"  machine:       {cfg.machine if cfg else '(no configuration record)'}"
+        + (f"   arch: {guess_arch(stream)}" if guess_arch(stream) else "")
+    )
     if cfg is not None:
         if cfg.capabilities:
             lines.append(f"  capabilities:  {', '.join(cfg.capabilities)}")
@@ -180,17 +204,25 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
             lines.append(f"  page bits:     {cfg.target_page_bits}")
         if cfg.uuid:
             lines.append(f"  uuid:          {cfg.uuid}")
-    lines.append(f"  page size:     {p.page_size}   footers: {'yes' if p.footers else 'no'}   "
-                 f"description: {'yes' if stream.has_own_description else 'no'}")
+    lines.append(
+        f"  page size:     {p.page_size}   footers: {'yes' if p.footers else 'no'}   "
+        f"description: {'yes' if stream.has_own_description else 'no'}"
+    )
     hints = version_hints(stream)
     rng = _version_range(hints)
     if rng:
-        span = (f">= {rng['min']}" if "min" in rng else "") + (", " if len(rng) == 2 else "") + \
-            (f"<= {rng['max']}" if "max" in rng else "")
+        span = (
+            (f">= {rng['min']}" if "min" in rng else "")
+            + (", " if len(rng) == 2 else "")
+            + (f"<= {rng['max']}" if "max" in rng else "")
+        )
         lines.append(f"  QEMU version:  {span}")
         for h in hints:
-            bound = " and ".join(x for x in (f">= {h['min']}" if "min" in h else "",
-                                             f"<= {h['max']}" if "max" in h else "") if x)
+            bound = " and ".join(
+                x
+                for x in (f">= {h['min']}" if "min" in h else "", f"<= {h['max']}" if "max" in h else "")
+                if x
+            )
             lines.append(f"    {h['clue']} => QEMU {bound}")
     lines.append("")
     lines.append("RAM blocks:")
@@ -205,10 +237,14 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
             tags.append(f"pages at {b.mapped_ram.pages_offset:#x}")
         if b.page_size is not None:
             tags.append(f"page size {b.page_size}")
-        lines.append(f"  {b.name:40s} {_size(b.size):>10s}  {extra}" + (f"  [{'; '.join(tags)}]" if tags else ""))
+        lines.append(
+            f"  {b.name:40s} {_size(b.size):>10s}  {extra}" + (f"  [{'; '.join(tags)}]" if tags else "")
+        )
     s = p.ram.stats
-    lines.append(f"  records: {s.pages} pages, {s.zero} zero pages, {s.xbzrle} xbzrle, {s.compressed} compressed, "
-                 f"{s.mapped} mapped, {s.multifd_flush} multifd flushes, {s.eos} EOS")
+    lines.append(
+        f"  records: {s.pages} pages, {s.zero} zero pages, {s.xbzrle} xbzrle, {s.compressed} compressed, "
+        f"{s.mapped} mapped, {s.multifd_flush} multifd flushes, {s.eos} EOS"
+    )
     if stream.channels:
         lines.append(f"  multifd channels: {', '.join(c.name for c in stream.channels)}")
     cmds = [r for r in p.records if r.command]

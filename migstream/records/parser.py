@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..decoders.ram import RamDecoder, RamOptions, RamState
 from ..decoders.builtin import decode_builtin
+from ..decoders.ram import RamDecoder, RamOptions, RamState
 from ..decoders.special import live_decoder
 from ..decoders.vmstate import NeedsSectionEnd, Struct, VmstateDecoder
 from ..errors import DescriptionError, LimitError, MigstreamError, StreamFormatError, UnsupportedError
@@ -128,15 +128,24 @@ class _Parser:
             r.need(8, "the stream header")
         magic = r.be32("the stream magic")
         if magic != QEMU_VM_FILE_MAGIC:
-            raise StreamFormatError("not a QEMU migration stream", offset=0, expected="'QEVM' (51 45 56 4d)",
-                                    found=bytes(buf[0:4]))
+            raise StreamFormatError(
+                "not a QEMU migration stream",
+                offset=0,
+                expected="'QEVM' (51 45 56 4d)",
+                found=bytes(buf[0:4]),
+            )
         version = r.be32("the stream version")
         if version == QEMU_VM_FILE_VERSION_COMPAT:
-            raise UnsupportedError("stream version 2 is the obsolete pre-0.12 format, which no QEMU since 2009 "
-                                   "reads", offset=4, expected=QEMU_VM_FILE_VERSION, found=version)
+            raise UnsupportedError(
+                "stream version 2 is the obsolete pre-0.12 format, which no QEMU since 2009 reads",
+                offset=4,
+                expected=QEMU_VM_FILE_VERSION,
+                found=version,
+            )
         if version != QEMU_VM_FILE_VERSION:
-            raise StreamFormatError("unknown stream version", offset=4, expected=QEMU_VM_FILE_VERSION,
-                                    found=version)
+            raise StreamFormatError(
+                "unknown stream version", offset=4, expected=QEMU_VM_FILE_VERSION, found=version
+            )
         self.version = version
         self.records.append(Record(0, rt.HEADER, 8, details={"version": version}))
         self._load_description()
@@ -146,11 +155,26 @@ class _Parser:
     def _result(self) -> ParsedStream:
         ram = self.ram or RamState(RamOptions(page_size=self._page_size()))
         c = ram.counters
-        stats = RamStats(pages=c.pages, zero=c.zero, zero_nonzero_fill=c.zero_nonzero_fill, xbzrle=c.xbzrle,
-                         compressed=c.compressed, mapped=c.mapped, multifd_flush=c.multifd_flush, eos=c.eos,
-                         discards=sum(1 for rec in self.records if rec.command == "POSTCOPY_RAM_DISCARD"))
-        index = RamIndex(ram.options.page_size, tuple(ram.blocks), ram.runs, stats, self.ram_section_id,
-                         ram.options.ignore_shared, ram.options.mapped_ram)
+        stats = RamStats(
+            pages=c.pages,
+            zero=c.zero,
+            zero_nonzero_fill=c.zero_nonzero_fill,
+            xbzrle=c.xbzrle,
+            compressed=c.compressed,
+            mapped=c.mapped,
+            multifd_flush=c.multifd_flush,
+            eos=c.eos,
+            discards=sum(1 for rec in self.records if rec.command == "POSTCOPY_RAM_DISCARD"),
+        )
+        index = RamIndex(
+            ram.options.page_size,
+            tuple(ram.blocks),
+            ram.runs,
+            stats,
+            self.ram_section_id,
+            ram.options.ignore_shared,
+            ram.options.mapped_ram,
+        )
         lives = tuple(
             LiveSection(s.section_id, s.name, s.instance_id, s.version_id, tuple(s.summaries), s.decoded)
             for sid in self.section_order
@@ -182,13 +206,19 @@ class _Parser:
             start = r.pos
             r.context = None
             if r.remaining == 0:
-                raise StreamFormatError("stream ends without an EOF record", offset=start,
-                                        expected="a record type byte", found="end of data")
+                raise StreamFormatError(
+                    "stream ends without an EOF record",
+                    offset=start,
+                    expected="a record type byte",
+                    found="end of data",
+                )
             kind = r.u8("a record type")
             if kind == RecordType.EOF:
                 self.records.append(Record(start, rt.EOF, r.pos, depth=depth))
                 if depth:
-                    self.diagnostics.append(Diagnostic("warning", "EOF record inside a PACKAGED payload", start))
+                    self.diagnostics.append(
+                        Diagnostic("warning", "EOF record inside a PACKAGED payload", start)
+                    )
                     continue
                 self.eof_offset = start
                 self._after_eof(r)
@@ -203,26 +233,41 @@ class _Parser:
                 raise StreamFormatError("VM description before the EOF record", offset=start)
             else:
                 raise StreamFormatError(
-                    "unknown record type", offset=start,
-                    expected="EOF, SECTION_START/PART/END/FULL, CONFIGURATION or COMMAND", found=f"{kind:#04x}")
+                    "unknown record type",
+                    offset=start,
+                    expected="EOF, SECTION_START/PART/END/FULL, CONFIGURATION or COMMAND",
+                    found=f"{kind:#04x}",
+                )
 
     def _after_eof(self, r: Reader) -> None:
         pos = r.pos
         if self.vmdesc is not None and self.vmdesc.offset == pos:
-            self.records.append(Record(pos, rt.VMDESCRIPTION, self.vmdesc.end,
-                                       details={"length": self.vmdesc.length}))
+            self.records.append(
+                Record(pos, rt.VMDESCRIPTION, self.vmdesc.end, details={"length": self.vmdesc.length})
+            )
             pos = self.vmdesc.end
         elif self.vmdesc is not None:
-            self.diagnostics.append(Diagnostic(
-                "warning", f"the VM description found at {self.vmdesc.offset:#x} does not follow the EOF record",
-                pos))
+            self.diagnostics.append(
+                Diagnostic(
+                    "warning",
+                    f"the VM description found at {self.vmdesc.offset:#x} does not follow the EOF record",
+                    pos,
+                )
+            )
         elif pos < len(self.buf) and self.buf[pos] == RecordType.VMDESCRIPTION:
-            self.diagnostics.append(Diagnostic("warning", "a VM description marker follows EOF, but its length or "
-                                               "JSON does not check out; it was ignored", pos))
+            self.diagnostics.append(
+                Diagnostic(
+                    "warning",
+                    "a VM description marker follows EOF, but its length or "
+                    "JSON does not check out; it was ignored",
+                    pos,
+                )
+            )
         rest = bytes(self.buf[pos : pos + 4096])
         if rest.strip(b"\0"):
-            self.diagnostics.append(Diagnostic("note", f"{len(self.buf) - pos} bytes follow the end of the stream",
-                                               pos))
+            self.diagnostics.append(
+                Diagnostic("note", f"{len(self.buf) - pos} bytes follow the end of the stream", pos)
+            )
 
     # -- configuration -------------------------------------------------------
     def _configuration(self, r: Reader, start: int, depth: int) -> None:
@@ -245,8 +290,11 @@ class _Parser:
             save = r.pos
             r.u8()
             ln = r.u8("a subsection name length")
-            if ln < len("configuration/") or r.remaining < ln or \
-                    bytes(r.buf[r.pos : r.pos + len("configuration/")]) != b"configuration/":
+            if (
+                ln < len("configuration/")
+                or r.remaining < ln
+                or bytes(r.buf[r.pos : r.pos + len("configuration/")]) != b"configuration/"
+            ):
                 r.pos = save
                 break
             name = decode_name(r.take(ln))
@@ -255,13 +303,23 @@ class _Parser:
             if name == "configuration/target-page-bits":
                 page_bits = r.be32("target page bits")
                 if not 8 <= page_bits <= 24:
-                    raise StreamFormatError("implausible target page bits", offset=r.pos - 4,
-                                            section="configuration", expected="8..24", found=page_bits)
+                    raise StreamFormatError(
+                        "implausible target page bits",
+                        offset=r.pos - 4,
+                        section="configuration",
+                        expected="8..24",
+                        found=page_bits,
+                    )
             elif name == "configuration/capabilities":
                 count = r.be32("the capability count")
                 if count > MAX_CAPABILITIES:
-                    raise LimitError("too many capabilities", offset=r.pos - 4, section="configuration",
-                                     expected=f"<= {MAX_CAPABILITIES}", found=count)
+                    raise LimitError(
+                        "too many capabilities",
+                        offset=r.pos - 4,
+                        section="configuration",
+                        expected=f"<= {MAX_CAPABILITIES}",
+                        found=count,
+                    )
                 caps.extend(r.cstr8("a capability name") for _ in range(count))
             elif name == "configuration/uuid":
                 raw = bytes(r.take(16, "the VM UUID"))
@@ -270,11 +328,16 @@ class _Parser:
             elif name in desc_subs:
                 VmstateDecoder("configuration").decode_vmsd(r, desc_subs[name], name)
             else:
-                raise UnsupportedError("unknown configuration subsection and no description of it", offset=save,
-                                       section="configuration", found=name)
+                raise UnsupportedError(
+                    "unknown configuration subsection and no description of it",
+                    offset=save,
+                    section="configuration",
+                    found=name,
+                )
         self.configuration = Configuration(start, machine, page_bits, tuple(caps), uuid, tuple(subs))
-        self.records.append(Record(start, rt.CONFIGURATION, r.pos, depth=depth,
-                                   details=self.configuration.to_json()))
+        self.records.append(
+            Record(start, rt.CONFIGURATION, r.pos, depth=depth, details=self.configuration.to_json())
+        )
 
     # -- sections -------------------------------------------------------------
     def _section(self, r: Reader, start: int, kind: RecordType, depth: int) -> None:
@@ -293,8 +356,12 @@ class _Parser:
         else:
             found = self.sections.get(sid)
             if found is None:
-                raise StreamFormatError("section part/end for a section that never started", offset=start,
-                                        field="section_id", found=sid)
+                raise StreamFormatError(
+                    "section part/end for a section that never started",
+                    offset=start,
+                    field="section_id",
+                    found=sid,
+                )
             sec = found
             name, instance_id, version_id = sec.name, sec.instance_id, sec.version_id
         r.context = f"{name!r} (id {sid})"
@@ -317,17 +384,34 @@ class _Parser:
             sec.summaries.append((type_name, start, summary))
             details["summary"] = summary
         footer = self._footer(r, sid)
-        self.records.append(Record(
-            start, type_name, r.pos, section_id=sid,
-            name=name, instance_id=instance_id if kind in (RecordType.SECTION_START, RecordType.SECTION_FULL)
-            else None,
-            version_id=version_id if kind in (RecordType.SECTION_START, RecordType.SECTION_FULL) else None,
-            depth=depth, footer_offset=footer, details={"payload_offset": payload, **details}))
+        self.records.append(
+            Record(
+                start,
+                type_name,
+                r.pos,
+                section_id=sid,
+                name=name,
+                instance_id=instance_id
+                if kind in (RecordType.SECTION_START, RecordType.SECTION_FULL)
+                else None,
+                version_id=version_id
+                if kind in (RecordType.SECTION_START, RecordType.SECTION_FULL)
+                else None,
+                depth=depth,
+                footer_offset=footer,
+                details={"payload_offset": payload, **details},
+            )
+        )
 
     def _ram_payload(self, r: Reader, sid: int, version_id: int) -> None:
         if version_id != 4:
-            raise UnsupportedError("only version 4 RAM sections exist since QEMU 0.13", offset=r.pos,
-                                   section=r.context, expected=4, found=version_id)
+            raise UnsupportedError(
+                "only version 4 RAM sections exist since QEMU 0.13",
+                offset=r.pos,
+                section=r.context,
+                expected=4,
+                found=version_id,
+            )
         if self.ram_section_id is None:
             self.ram_section_id = sid
         RamDecoder(self._ram_state()).read_section(r)
@@ -347,39 +431,75 @@ class _Parser:
                 end = r.pos
                 r.pos = payload
                 state = VmstateDecoder(r.context, end_hint=end).decode_vmsd(r, desc)
-                self.diagnostics.append(Diagnostic(
-                    "note", f"{sec.name}: a non-NULL pointer slot the description (QEMU < 10.0) describes as "
-                    "NULL was sized from the section footer", payload))
+                self.diagnostics.append(
+                    Diagnostic(
+                        "note",
+                        f"{sec.name}: a non-NULL pointer slot the description (QEMU < 10.0) describes as "
+                        "NULL was sized from the section footer",
+                        payload,
+                    )
+                )
             state.version = sec.version_id
         else:
             if self.footers is False or (self.footers is None and not self._footer_ahead(r, sec.section_id)):
                 if self.desc is None:
                     raise DescriptionError(
                         "device section cannot be read without the VM description (the stream has none: "
-                        "pass one with --desc)" if self.footers is not False else
-                        "device section cannot be sized: the stream has neither a VM description nor section "
-                        "footers", offset=start, section=r.context)
-                raise DescriptionError("the VM description has no entry for this device section", offset=start,
-                                       section=r.context)
+                        "pass one with --desc)"
+                        if self.footers is not False
+                        else "device section cannot be sized: the stream has neither a VM description nor "
+                        "section "
+                        "footers",
+                        offset=start,
+                        section=r.context,
+                    )
+                raise DescriptionError(
+                    "the VM description has no entry for this device section", offset=start, section=r.context
+                )
             self._scan_to_footer(r, sec)
             sec.decoded = False
             state = decode_builtin(r.buf, sec.name, sec.version_id, payload, r.pos, str(r.context))
             if state is not None:
-                self.diagnostics.append(Diagnostic(
-                    "note", f"{sec.name} (instance {sec.instance_id}): no description; its leading fields were "
-                    "decoded with the built-in x86-64 layout", payload))
-        self.devices.append(DeviceState(sec.section_id, sec.name, sec.instance_id, sec.version_id, start, payload,
-                                        r.pos - payload, _vmsd_name(desc), state, depth))
+                self.diagnostics.append(
+                    Diagnostic(
+                        "note",
+                        f"{sec.name} (instance {sec.instance_id}): no description; its leading fields were "
+                        "decoded with the built-in x86-64 layout",
+                        payload,
+                    )
+                )
+        self.devices.append(
+            DeviceState(
+                sec.section_id,
+                sec.name,
+                sec.instance_id,
+                sec.version_id,
+                start,
+                payload,
+                r.pos - payload,
+                _vmsd_name(desc),
+                state,
+                depth,
+            )
+        )
 
     def _skip_unknown(self, r: Reader, sec: _Section, type_name: str) -> dict[str, Any]:
         if self.footers is False:
-            raise UnsupportedError("no decoder for this live section, and the stream has no section footers to "
-                                   "find its end", offset=r.pos, section=r.context)
+            raise UnsupportedError(
+                "no decoder for this live section, and the stream has no section footers to find its end",
+                offset=r.pos,
+                section=r.context,
+            )
         start = r.pos
         self._scan_to_footer(r, sec)
         sec.decoded = False
-        self.diagnostics.append(Diagnostic("warning", f"live section {sec.name!r} has no decoder here; "
-                                           f"{r.pos - start} bytes skipped to its footer", start))
+        self.diagnostics.append(
+            Diagnostic(
+                "warning",
+                f"live section {sec.name!r} has no decoder here; {r.pos - start} bytes skipped to its footer",
+                start,
+            )
+        )
         return {"skipped_bytes": r.pos - start}
 
     def _footer_ahead(self, r: Reader, sid: int) -> bool:
@@ -400,8 +520,13 @@ class _Parser:
         while True:
             hit = _find(r.buf, pattern, pos, r.end)
             if hit < 0:
-                raise StreamFormatError("no section footer found for this section", offset=r.pos,
-                                        section=r.context, expected=pattern.hex(" "), found="end of data")
+                raise StreamFormatError(
+                    "no section footer found for this section",
+                    offset=r.pos,
+                    section=r.context,
+                    expected=pattern.hex(" "),
+                    found="end of data",
+                )
             if self._plausible_next(r, hit + 5):
                 r.pos = hit
                 return
@@ -420,8 +545,12 @@ class _Parser:
                 return False
             n = r.buf[pos + 5]
             name = bytes(r.buf[pos + 6 : pos + 6 + n])
-            return n > 0 and len(name) == n and _PRINTABLE_IDSTR.fullmatch(name) is not None \
+            return (
+                n > 0
+                and len(name) == n
+                and _PRINTABLE_IDSTR.fullmatch(name) is not None
                 and pos + 14 + n <= r.end
+            )
         if b in (RecordType.SECTION_PART, RecordType.SECTION_END):
             if pos + 5 > r.end:
                 return False
@@ -435,20 +564,28 @@ class _Parser:
     def _footer(self, r: Reader, sid: int) -> int | None:
         nxt = r.peek_u8()
         if self.footers is None:
-            self.footers = nxt == RecordType.SECTION_FOOTER and r.remaining >= 5 and \
-                int.from_bytes(r.buf[r.pos + 1 : r.pos + 5], "big") == sid
+            self.footers = (
+                nxt == RecordType.SECTION_FOOTER
+                and r.remaining >= 5
+                and int.from_bytes(r.buf[r.pos + 1 : r.pos + 5], "big") == sid
+            )
         if not self.footers:
             return None
         at = r.pos
         if nxt != RecordType.SECTION_FOOTER:
-            raise StreamFormatError("section footer expected", offset=at, section=r.context,
-                                    expected=f"{int(RecordType.SECTION_FOOTER):#04x}",
-                                    found="end of data" if nxt is None else f"{nxt:#04x}")
+            raise StreamFormatError(
+                "section footer expected",
+                offset=at,
+                section=r.context,
+                expected=f"{int(RecordType.SECTION_FOOTER):#04x}",
+                found="end of data" if nxt is None else f"{nxt:#04x}",
+            )
         r.u8()
         got = r.be32("the footer's section id")
         if got != sid:
-            raise StreamFormatError("section footer names another section", offset=at, section=r.context,
-                                    expected=sid, found=got)
+            raise StreamFormatError(
+                "section footer names another section", offset=at, section=r.context, expected=sid, found=got
+            )
         return at
 
     # -- commands ---------------------------------------------------------------
@@ -459,14 +596,20 @@ class _Parser:
         try:
             cmd = MigCmd(num)
         except ValueError:
-            raise StreamFormatError("unknown command", offset=start, field="command",
-                                    expected=f"1..{max(MigCmd)}", found=num) from None
+            raise StreamFormatError(
+                "unknown command", offset=start, field="command", expected=f"1..{max(MigCmd)}", found=num
+            ) from None
         if cmd == MigCmd.INVALID:
             raise StreamFormatError("invalid command 0", offset=start, field="command", found=num)
         allowed = MIG_CMD_LENGTHS[cmd]
         if allowed is not None and length not in allowed:
-            raise StreamFormatError(f"wrong length for command {cmd.name}", offset=start, field="length",
-                                    expected=" or ".join(map(str, allowed)), found=length)
+            raise StreamFormatError(
+                f"wrong length for command {cmd.name}",
+                offset=start,
+                field="length",
+                expected=" or ".join(map(str, allowed)),
+                found=length,
+            )
         body = Reader(r.buf, r.pos, r.pos + length)
         body.need(length, f"the payload of command {cmd.name}")
         body.context = f"command {cmd.name}"
@@ -489,33 +632,55 @@ def _command_payload(cmd: MigCmd, r: Reader, length: int) -> dict[str, Any]:
     if cmd == MigCmd.POSTCOPY_ADVISE:
         if length == 0:
             return {}
-        return {"ram_pagesize_summary": r.be64("the page size summary"),
-                "target_page_size": r.be64("the target page size")}
+        return {
+            "ram_pagesize_summary": r.be64("the page size summary"),
+            "target_page_size": r.be64("the target page size"),
+        }
     if cmd == MigCmd.PACKAGED:
         return {"length": r.be32("the package length")}
     if cmd == MigCmd.RECV_BITMAP:
         n = r.u8("a block name length")
         if n + 1 != length:
-            raise StreamFormatError("RECV_BITMAP length does not match its block name", offset=r.pos - 5,
-                                    field="length", expected=n + 1, found=length)
+            raise StreamFormatError(
+                "RECV_BITMAP length does not match its block name",
+                offset=r.pos - 5,
+                field="length",
+                expected=n + 1,
+                found=length,
+            )
         return {"block": decode_name(r.take(n))}
     if cmd == MigCmd.POSTCOPY_RAM_DISCARD:
         if length < 3:
-            raise StreamFormatError("POSTCOPY_RAM_DISCARD too short", offset=r.pos - 4, field="length",
-                                    expected=">= 3", found=length)
+            raise StreamFormatError(
+                "POSTCOPY_RAM_DISCARD too short",
+                offset=r.pos - 4,
+                field="length",
+                expected=">= 3",
+                found=length,
+            )
         version = r.u8("the discard version")
         if version != 0:
-            raise StreamFormatError("unknown POSTCOPY_RAM_DISCARD version", offset=r.pos - 1, expected=0,
-                                    found=version)
+            raise StreamFormatError(
+                "unknown POSTCOPY_RAM_DISCARD version", offset=r.pos - 1, expected=0, found=version
+            )
         n = r.u8("a block name length")
         name = decode_name(r.take(n, "the block name"))
         zero = r.u8("the name terminator")
         if zero != 0:
-            raise StreamFormatError("POSTCOPY_RAM_DISCARD block name is not NUL-terminated", offset=r.pos - 1,
-                                    expected=0, found=zero)
+            raise StreamFormatError(
+                "POSTCOPY_RAM_DISCARD block name is not NUL-terminated",
+                offset=r.pos - 1,
+                expected=0,
+                found=zero,
+            )
         if r.remaining % 16:
-            raise StreamFormatError("POSTCOPY_RAM_DISCARD ranges are not whole (start, length) pairs",
-                                    offset=r.pos, field="length", expected=f"3 + {n} + 16*k", found=length)
+            raise StreamFormatError(
+                "POSTCOPY_RAM_DISCARD ranges are not whole (start, length) pairs",
+                offset=r.pos,
+                field="length",
+                expected=f"3 + {n} + 16*k",
+                found=length,
+            )
         ranges = [(r.be64("a range start"), r.be64("a range length")) for _ in range(r.remaining // 16)]
         return {"block": name, "ranges": [[a, b] for a, b in ranges]}
     return {}

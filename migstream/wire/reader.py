@@ -89,8 +89,9 @@ class Reader:
     def bounded_length(self, n: int, limit: int, what: str) -> int:
         """Check a length read from the stream against a cap and the bytes left."""
         if n > limit:
-            raise LimitError(f"{what} too large", offset=self.pos, section=self.context, expected=f"<= {limit}",
-                             found=n)
+            raise LimitError(
+                f"{what} too large", offset=self.pos, section=self.context, expected=f"<= {limit}", found=n
+            )
         self.need(n, what)
         return n
 

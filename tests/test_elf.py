@@ -1,0 +1,366 @@
+"""ELF64 core layout (migstream.outputs.elf), checked by hand and with gdb, readelf, volatility3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from migstream.errors import UsageError
+from migstream.model.cpu import CpuState
+from migstream.outputs.elf import (
+    EM_AARCH64,
+    EM_PPC64,
+    EM_S390,
+    EM_X86_64,
+    NT_PRFPREG,
+    NT_PRSTATUS,
+    NT_QEMU_CPUSTATE,
+    NT_S390_CTRS,
+    NT_S390_PREFIX,
+    PN_XNUM,
+    PRSTATUS_PID_OFFSET,
+    PRSTATUS_REG_OFFSET,
+    PRSTATUS_SIZE,
+    QEMU_CPUSTATE_SIZE,
+    ElfCoreLayout,
+    build_elf_core,
+    read_elf_core,
+    volatility_read_physical,
+)
+
+GDB = shutil.which("gdb")
+GDB_MULTIARCH = shutil.which("gdb-multiarch")
+READELF = shutil.which("readelf")
+
+#: Three ranges: low RAM, an unaligned odd-sized one, one above 4 GiB.
+RANGES = [(0x0, 0x20000), (0x100123, 0x2ABC), (0x1_0000_0000, 0x3000)]
+
+
+def _seg(selector: int, base: int, limit: int = 0xFFFF, flags: int = 0x9300) -> dict[str, int]:
+    return {"selector": selector, "base": base, "limit": limit, "flags": flags}
+
+
+X86_CPUS = [
+    CpuState(
+        0,
+        "x86_64",
+        {
+            "rax": 0x1122334455667788,
+            "rbx": 0xB0B,
+            "rsp": 0x7000,
+            "r15": 0xF15,
+            "rip": 0xFFF0,
+            "rflags": 0x2,
+            "cr0": 0x60000010,
+            "cr3": 0x1000,
+            "cs": _seg(0xF000, 0xFFFF0000),
+            "ds": _seg(0x10, 0),
+            "fs": _seg(0x18, 0x12345000),
+            "gdt": {"base": 0xF6000, "limit": 0x37},
+            "idt": {"base": 0, "limit": 0x3FF},
+        },
+    ),
+    CpuState(1, "x86_64", {"eax": 0x55, "eip": 0x7C00}),  # 32-bit view names
+]
+
+
+def _content(gpa: int, size: int) -> bytes:
+    out = b""
+    i = 0
+    while len(out) < size:
+        out += hashlib.sha256(b"%d:%d" % (gpa, i)).digest()
+        i += 1
+    return out[:size]
+
+
+def _write_core(path: Path, layout: ElfCoreLayout) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        layout.write_header(fd)
+        for seg in layout.segments:
+            os.pwrite(fd, _content(seg.gpa, seg.size), seg.file_offset)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def x86_core(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("elf") / "x86.core"
+    _write_core(path, build_elf_core(RANGES, X86_CPUS, "x86_64"))
+    return path
+
+
+def _run(args: Sequence[str]) -> str:
+    env = dict(os.environ, LC_ALL="C")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _gdb_bytes(gdb: str, core: Path, addr: int, count: int = 8) -> bytes:
+    out = _run([gdb, "-nx", "-batch", "-c", str(core), "-ex", f"x/{count}xb {addr:#x}"])
+    line = next(ln for ln in out.splitlines() if re.match(rf"^{addr:#x}\b", ln))
+    return bytes(int(tok, 16) for tok in line.split(":", 1)[1].split())
+
+
+def _gdb_registers(gdb: str, core: Path) -> dict[str, int]:
+    out = _run([gdb, "-nx", "-batch", "-c", str(core), "-ex", "info registers"])
+    regs = {}
+    for line in out.splitlines():
+        m = re.match(r"^(\w+)\s+(0x[0-9a-f]+)", line)
+        if m:
+            regs[m.group(1)] = int(m.group(2), 16)
+    return regs
+
+
+# --- layout ------------------------------------------------------------------------
+
+
+def test_layout_segments() -> None:
+    layout = build_elf_core(RANGES, X86_CPUS, "x86_64")
+    assert [(s.gpa, s.size) for s in layout.segments] == RANGES
+    end = len(layout.header)
+    for seg in layout.segments:
+        assert seg.file_offset >= end
+        assert seg.file_offset % 4096 == seg.gpa % 4096  # page aligned for aligned GPAs
+        end = seg.file_offset + seg.size
+    assert layout.total_size == end
+    assert layout.byteorder == "little" and layout.e_machine == EM_X86_64
+
+
+def test_header_fields() -> None:
+    layout = build_elf_core(RANGES, X86_CPUS, "x86_64")
+    h = layout.header
+    assert h[:4] == b"\x7fELF" and h[4] == 2 and h[5] == 1
+    e_type, e_machine, _, _, e_phoff, e_shoff, _, _, phentsize, phnum = struct.unpack_from(
+        "<HHIQQQIHHH", h, 16
+    )
+    assert (e_type, e_machine, e_phoff, e_shoff, phentsize, phnum) == (4, EM_X86_64, 64, 0, 56, 4)
+    p_type = struct.unpack_from("<I", h, 64)[0]
+    assert p_type == 4  # PT_NOTE first
+    for i, (gpa, size) in enumerate(RANGES):
+        fields = struct.unpack_from("<IIQQQQQQ", h, 64 + 56 * (i + 1))
+        assert fields[0] == 1  # PT_LOAD
+        assert fields[3] == gpa and fields[4] == gpa  # p_vaddr, p_paddr
+        assert fields[5] == size and fields[6] == size
+        assert fields[2] == layout.segments[i].file_offset
+
+
+def test_notes_x86() -> None:
+    layout = build_elf_core(RANGES, list(reversed(X86_CPUS)), "x86_64")
+    notes = _notes_of(layout)
+    assert [(n, t) for n, t, _ in notes] == [(b"CORE", NT_PRSTATUS)] * 2 + [(b"QEMU", NT_QEMU_CPUSTATE)] * 2
+    pr0, pr1 = notes[0][2], notes[1][2]
+    assert len(pr0) == PRSTATUS_SIZE["x86_64"]
+    assert struct.unpack_from("<I", pr0, PRSTATUS_PID_OFFSET)[0] == 1
+    assert struct.unpack_from("<I", pr1, PRSTATUS_PID_OFFSET)[0] == 2
+    regs = struct.unpack_from("<27Q", pr0, PRSTATUS_REG_OFFSET)
+    assert regs[0] == 0xF15  # r15 first
+    assert regs[10] == 0x1122334455667788  # rax
+    assert regs[16] == 0xFFF0 and regs[17] == 0xF000  # rip, cs selector
+    assert regs[18] == 0x2 and regs[19] == 0x7000  # eflags, rsp
+    assert regs[21] == 0x12345000  # fs_base
+    assert regs[23] == 0x10  # ds
+    regs1 = struct.unpack_from("<27Q", pr1, PRSTATUS_REG_OFFSET)
+    assert regs1[10] == 0x55 and regs1[16] == 0x7C00  # eax / eip view
+    q = notes[2][2]
+    assert len(q) == QEMU_CPUSTATE_SIZE
+    version, size, rax = struct.unpack_from("<IIQ", q, 0)
+    assert (version, size, rax) == (1, QEMU_CPUSTATE_SIZE, 0x1122334455667788)
+    cs = struct.unpack_from("<IIIIQ", q, 8 + 18 * 8)
+    assert cs == (0xF000, 0xFFFF, 0x9300, 0, 0xFFFF0000)
+    gdt = struct.unpack_from("<IIIIQ", q, 8 + 18 * 8 + 8 * 24)
+    assert gdt == (0, 0x37, 0, 0, 0xF6000)
+    crs = struct.unpack_from("<5Q", q, 8 + 18 * 8 + 10 * 24)
+    assert crs == (0x60000010, 0, 0, 0x1000, 0)
+
+
+def _notes_of(layout: ElfCoreLayout) -> list[tuple[bytes, int, bytes]]:
+    e = "<" if layout.byteorder == "little" else ">"
+    note_off = struct.unpack_from(e + "Q", layout.header, 64 + 8)[0]  # PT_NOTE p_offset
+    note_len = struct.unpack_from(e + "Q", layout.header, 64 + 32)[0]  # PT_NOTE p_filesz
+    data = layout.header[note_off : note_off + note_len]
+    out = []
+    pos = 0
+    while pos < len(data):
+        namesz, descsz, ntype = struct.unpack_from(e + "III", data, pos)
+        pos += 12
+        name = data[pos : pos + namesz].rstrip(b"\0")
+        pos += (namesz + 3) // 4 * 4
+        out.append((name, ntype, data[pos : pos + descsz]))
+        pos += (descsz + 3) // 4 * 4
+    return out
+
+
+@pytest.mark.parametrize(
+    ("arch", "regs", "machine", "order"),
+    [
+        ("aarch64", {"x0": 1, "pc": 0x40000000}, EM_AARCH64, "little"),
+        ("ppc64", {"r0": 1, "nip": 0x100, "msr": 1 << 63}, EM_PPC64, "big"),
+        ("ppc64", {"r0": 1, "nip": 0x100, "msr": (1 << 63) | 1}, EM_PPC64, "little"),
+        ("ppc64", {"r0": 1, "msr": 1}, EM_PPC64, "big"),  # with lpcr below: ILE clear wins
+        ("s390x", {"r0": 1, "psw_addr": 0x10000}, EM_S390, "big"),
+    ],
+)
+def test_arch_header_and_prstatus(arch: str, regs: dict[str, int], machine: int, order: str) -> None:
+    extra = {"lpcr": 0} if arch == "ppc64" and regs.get("msr") == 1 else {}
+    layout = build_elf_core([(0, 0x1000)], [CpuState(0, arch, regs, extra)], arch)
+    assert layout.e_machine == machine and layout.byteorder == order
+    assert layout.header[5] == (1 if order == "little" else 2)
+    notes = _notes_of(layout)
+    name, ntype, desc = notes[0]
+    assert (name, ntype, len(desc)) == (b"CORE", NT_PRSTATUS, PRSTATUS_SIZE[arch])
+    e = "<" if order == "little" else ">"
+    assert struct.unpack_from(e + "I", desc, PRSTATUS_PID_OFFSET)[0] == 1
+    first_reg = struct.unpack_from(e + "Q", desc, PRSTATUS_REG_OFFSET)[0]
+    if arch == "s390x":
+        assert first_reg == 0  # psw mask first
+        assert struct.unpack_from(e + "QQQ", desc, PRSTATUS_REG_OFFSET)[1:] == (0x10000, 1)
+        kinds = [t for _, t, _ in notes]
+        assert NT_S390_PREFIX in kinds and NT_S390_CTRS in kinds
+    else:
+        assert first_reg == 1
+        assert notes[1][1] == NT_PRFPREG
+
+
+def test_byteorder_can_be_forced() -> None:
+    layout = build_elf_core([(0, 0x1000)], [], "ppc64", byteorder="little")
+    assert layout.byteorder == "little" and layout.header[5] == 1
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [
+        ([(0x2000, 0x1000), (0x1000, 0x1000)], "out of order"),
+        ([(0x0, 0x2000), (0x1000, 0x1000)], "overlaps"),
+        ([(0x0, 0)], "bad range"),
+        ([(-1, 0x1000)], "bad range"),
+    ],
+)
+def test_bad_ranges(ranges: list[tuple[int, int]], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        build_elf_core(ranges, [], "x86_64")
+
+
+def test_bad_arch_and_cpu_mismatch() -> None:
+    with pytest.raises(UsageError, match="unknown architecture"):
+        build_elf_core([], [], "mips")
+    with pytest.raises(UsageError, match="not aarch64"):
+        build_elf_core([], X86_CPUS, "aarch64")
+
+
+@pytest.mark.parametrize(("count", "extended"), [(PN_XNUM - 2, False), (PN_XNUM - 1, True), (PN_XNUM, True)])
+def test_pn_xnum(tmp_path: Path, count: int, extended: bool) -> None:
+    ranges = [(i * 0x2000, 0x1000) for i in range(count)]
+    layout = build_elf_core(ranges, X86_CPUS[:1], "x86_64")
+    phnum = count + 1
+    e_shoff, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<Q", layout.header, 40) + struct.unpack_from(
+        "<HHH", layout.header, 56
+    )
+    if extended:
+        assert e_phnum == PN_XNUM and e_shnum == 1 and e_shentsize == 64
+        assert struct.unpack_from("<I", layout.header, e_shoff + 44)[0] == phnum  # sh_info
+    else:
+        assert e_phnum == phnum and e_shnum == 0 and e_shoff == 0
+    path = tmp_path / "many.core"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        layout.write_header(fd)
+        os.pwrite(fd, b"LASTPAGE", layout.segments[-1].file_offset)
+    finally:
+        os.close(fd)
+    info = read_elf_core(path)
+    assert len(info.loads) == count
+    assert info.read_physical(path, ranges[-1][0], 8) == b"LASTPAGE"
+    if READELF and extended:
+        out = _run([READELF, "-h", str(path)])
+        assert re.search(rf"Number of program headers:\s+{PN_XNUM} \({phnum}\)", out)
+    if GDB and count == PN_XNUM:
+        assert _gdb_bytes(GDB, path, ranges[-1][0]) == b"LASTPAGE"
+
+
+def test_read_back(x86_core: Path) -> None:
+    info = read_elf_core(x86_core)
+    assert info.byteorder == "little" and info.e_machine == EM_X86_64
+    assert [(ld.paddr, ld.vaddr, ld.filesz, ld.memsz) for ld in info.loads] == [
+        (g, g, s, s) for g, s in RANGES
+    ]
+    for gpa, size in RANGES:
+        assert info.read_physical(x86_core, gpa, size) == _content(gpa, size)
+    assert info.read_physical(x86_core, 0x20000 - 4, 8) == _content(0, 0x20000)[-4:] + bytes(4)
+
+
+# --- real tools ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(READELF is None, reason="readelf (binutils) not installed")
+def test_readelf_parses(x86_core: Path) -> None:
+    assert READELF is not None
+    done = subprocess.run([READELF, "-a", "-W", str(x86_core)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "CORE (Core file)" in done.stdout and "X86-64" in done.stdout
+    assert done.stdout.count("NT_PRSTATUS") == 2
+    for gpa, size in RANGES:
+        assert re.search(rf"LOAD\s+0x[0-9a-f]+ {gpa:#018x} {gpa:#018x} {size:#08x} {size:#08x}", done.stdout)
+    assert "Warning" not in done.stderr
+
+
+@pytest.mark.skipif(GDB is None, reason="gdb not installed")
+def test_gdb_reads_memory(x86_core: Path) -> None:
+    assert GDB is not None
+    for gpa, size in RANGES:
+        assert _gdb_bytes(GDB, x86_core, gpa) == _content(gpa, size)[:8]
+        assert _gdb_bytes(GDB, x86_core, gpa + size - 8) == _content(gpa, size)[-8:]
+
+
+@pytest.mark.skipif(GDB is None, reason="gdb not installed")
+def test_gdb_reads_registers(x86_core: Path) -> None:
+    assert GDB is not None
+    regs = _gdb_registers(GDB, x86_core)
+    assert regs["rip"] == 0xFFF0
+    assert regs["rax"] == 0x1122334455667788
+    assert regs["rbx"] == 0xB0B and regs["rsp"] == 0x7000 and regs["cs"] == 0xF000
+    out = _run(
+        [GDB, "-nx", "-batch", "-c", str(x86_core), "-ex", "thread 2", "-ex", "p/x $pc", "-ex", "p/x $rax"]
+    )
+    assert "0x7c00" in out and "0x55" in out
+
+
+def test_volatility_reads_physical(x86_core: Path) -> None:
+    pytest.importorskip("volatility3")
+    for gpa, size in RANGES:
+        assert volatility_read_physical(x86_core, gpa, size) == _content(gpa, size)
+    # A hole between ranges reads as zeros (padded).
+    assert volatility_read_physical(x86_core, 0x20000, 16) == bytes(16)
+
+
+MULTIARCH_CASES = [
+    ("aarch64", {"x0": 0xDEAD, "x7": 7, "pc": 0x40001000, "sp": 0x40002000}, "pc", 0x40001000),
+    ("ppc64", {"r0": 0xDEAD, "r7": 7, "nip": 0x100, "msr": 1 << 63, "lr": 0x42}, "pc", 0x100),
+    ("s390x", {"r0": 0xDEAD, "r7": 7, "psw_addr": 0x10000, "psw_mask": 0x180000000}, "pswa", 0x10000),
+]
+
+
+@pytest.mark.skipif(GDB_MULTIARCH is None, reason="gdb-multiarch not installed")
+@pytest.mark.parametrize(
+    ("arch", "regs", "pc_name", "pc"), MULTIARCH_CASES, ids=[c[0] for c in MULTIARCH_CASES]
+)
+def test_gdb_multiarch(tmp_path: Path, arch: str, regs: dict[str, int], pc_name: str, pc: int) -> None:
+    assert GDB_MULTIARCH is not None
+    ranges = [(0x0, 0x2000), (0x4000_0000, 0x3000), (0x1_2000_0000, 0x1000)]
+    path = tmp_path / f"{arch}.core"
+    _write_core(path, build_elf_core(ranges, [CpuState(0, arch, regs)], arch))
+    for gpa, size in ranges:
+        assert _gdb_bytes(GDB_MULTIARCH, path, gpa) == _content(gpa, size)[:8]
+    got = _gdb_registers(GDB_MULTIARCH, path)
+    assert got[pc_name] == pc
+    assert got["r0" if arch != "aarch64" else "x0"] == 0xDEAD
+    assert got["r7" if arch != "aarch64" else "x7"] == 7

@@ -1,0 +1,306 @@
+"""Guest-physical placement of RAM blocks (migstream.model.memmap)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migstream.errors import UsageError
+from migstream.model.memmap import (
+    FOUR_GIB,
+    GiB,
+    MemoryMap,
+    MiB,
+    Placement,
+    machine_memory_map,
+    parse_machine,
+)
+
+
+def _corpus_dir() -> Path:
+    env = os.environ.get("MIGSTREAM_CORPUS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def _corpus_streams() -> list[dict[str, Any]]:
+    manifest = _corpus_dir() / "MANIFEST.json"
+    if not manifest.is_file():
+        return []
+    streams = json.loads(manifest.read_text())["streams"]
+    return [s for s in streams if not s.get("failed")]
+
+
+CORPUS = _corpus_streams()
+_CONFIG = re.compile(r"^CONFIG\((.*)\)$")
+
+
+def _config_machine(stream: dict[str, Any]) -> str | None:
+    """Machine name of the configuration section (first CONFIG(...) record), None without one."""
+    for entry in stream["sections"]["sequence"]:
+        m = _CONFIG.match(entry) if isinstance(entry, str) else None
+        if m:
+            return m.group(1)
+    return None
+
+
+def _blocks(stream: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(b["name"], b["used_length"]) for b in stream["sections"]["ram"]["blocks"]]
+
+
+def _assert_consistent(mm: MemoryMap, blocks: list[tuple[str, int]]) -> None:
+    sizes = dict(blocks)
+    prev_end = -1
+    for p in mm.placements:
+        assert p.gpa >= prev_end, f"overlap at {p}"
+        prev_end = p.gpa_end
+        assert p.block_offset >= 0 and p.block_offset + p.size <= sizes[p.block]
+    placed = {p.block for p in mm.placements}
+    assert placed.isdisjoint(mm.unplaced)
+    assert placed | set(mm.unplaced) == set(sizes)
+
+
+@pytest.mark.skipif(not CORPUS, reason="corpus MANIFEST.json not found (set MIGSTREAM_CORPUS)")
+@pytest.mark.parametrize("stream", CORPUS, ids=[s["id"] for s in CORPUS])
+@pytest.mark.parametrize("source", ["config", "resolved"])
+def test_corpus_ram_covers_pmemsave_ranges(stream: dict[str, Any], source: str) -> None:
+    blocks = _blocks(stream)
+    machine = _config_machine(stream) if source == "config" else stream["machine_resolved"]
+    mm = machine_memory_map(blocks, machine=machine, arch=None)
+    _assert_consistent(mm, blocks)
+    expected = tuple((r["gpa"], r["size"]) for r in stream["pmemsave"]["ranges"])
+    assert mm.ram_ranges() == expected, mm.describe()
+    assert mm.arch == stream["target"]
+    # Firmware lies outside guest RAM.
+    for p in mm.placements:
+        if p.kind != "ram":
+            assert all(p.gpa_end <= g or g + s <= p.gpa for g, s in expected), p
+    # Only the documented blocks are placed.
+    for p in mm.placements:
+        assert p.block in {
+            "pc.ram",
+            "pc.bios",
+            "mach-virt.ram",
+            "virt.flash0",
+            "virt.flash1",
+            "ppc_spapr.ram",
+            "s390.ram",
+        }
+
+
+@pytest.mark.skipif(not CORPUS, reason="corpus MANIFEST.json not found (set MIGSTREAM_CORPUS)")
+def test_corpus_q35_highmem_offsets() -> None:
+    streams = [s for s in CORPUS if s["id"].endswith("/q35-3G-highmem")]
+    assert streams
+    for stream in streams:
+        mm = machine_memory_map(_blocks(stream), machine=_config_machine(stream), arch="x86_64")
+        assert mm.placements_of("pc.ram") == (
+            Placement("pc.ram", 0, 0, 2 * GiB),
+            Placement("pc.ram", 2 * GiB, FOUR_GIB, 1 * GiB),
+        )
+        assert mm.gpa_of("pc.ram", 2 * GiB + 0x123) == FOUR_GIB + 0x123
+        assert mm.block_at(FOUR_GIB + 5) == ("pc.ram", 2 * GiB + 5)
+        assert mm.block_at(3 * GiB) is None
+
+
+@pytest.mark.skipif(not CORPUS, reason="corpus MANIFEST.json not found (set MIGSTREAM_CORPUS)")
+def test_corpus_firmware_agrees_with_mr_addr() -> None:
+    """x-ignore-shared streams carry each block's MemoryRegion address: pc.bios must match it."""
+    checked = 0
+    for stream in CORPUS:
+        raw = stream["sections"]["ram"]["blocks"]
+        mr = {b["name"]: b["mr_addr"] for b in raw if "mr_addr" in b}
+        if not mr:
+            continue
+        mm = machine_memory_map(_blocks(stream), machine=_config_machine(stream), arch=None)
+        assert mm.gpa_of("pc.bios", 0) == mr["pc.bios"]
+        assert "pc.rom" in mm.unplaced and mr["pc.rom"] == 0xC0000
+        checked += 1
+    assert checked
+
+
+# --- synthetic layouts ---------------------------------------------------------
+
+
+def _ram(mm: MemoryMap) -> list[tuple[int, int, int]]:
+    return [(p.block_offset, p.gpa, p.size) for p in mm.placements if p.kind == "ram"]
+
+
+@pytest.mark.parametrize(
+    ("machine", "ram", "expected"),
+    [
+        ("pc-i440fx-10.0", 4 * GiB, [(0, 0, 3 * GiB), (3 * GiB, FOUR_GIB, 1 * GiB)]),
+        ("pc", 0xE000_0000, [(0, 0, 3 * GiB), (3 * GiB, FOUR_GIB, 0x2000_0000)]),
+        ("pc-i440fx-2.0", 3 * GiB, [(0, 0, 3 * GiB)]),
+        ("pc-i440fx-2.0", 0xDFFF_F000, [(0, 0, 0xDFFF_F000)]),
+        ("pc-i440fx-1.7", 4 * GiB, [(0, 0, 0xE000_0000), (0xE000_0000, FOUR_GIB, 0x2000_0000)]),
+        ("pc-1.2", 4 * GiB, [(0, 0, 0xE000_0000), (0xE000_0000, FOUR_GIB, 0x2000_0000)]),
+        ("isapc", 4 * GiB, [(0, 0, 0xE000_0000), (0xE000_0000, FOUR_GIB, 0x2000_0000)]),
+        ("pc-q35-7.2", 0xB000_0000, [(0, 0, 2 * GiB), (2 * GiB, FOUR_GIB, 0x3000_0000)]),
+        ("q35", 0xAFFF_F000, [(0, 0, 0xAFFF_F000)]),
+        ("pc-q35-1.7", 4 * GiB, [(0, 0, 0xB000_0000), (0xB000_0000, FOUR_GIB, 0x5000_0000)]),
+        ("pc-q35-10.0", 64 * MiB, [(0, 0, 64 * MiB)]),
+    ],
+)
+def test_x86_split(machine: str, ram: int, expected: list[tuple[int, int, int]]) -> None:
+    mm = machine_memory_map([("pc.ram", ram), ("pc.bios", 256 * 1024)], machine=machine, arch=None)
+    assert _ram(mm) == expected
+    assert mm.gpa_of("pc.bios", 0) == FOUR_GIB - 256 * 1024
+    assert mm.arch == "x86_64"
+
+
+def test_x86_rom_and_isa_bios_are_not_placed() -> None:
+    blocks = [
+        ("pc.ram", 128 * MiB),
+        ("pc.rom", 128 * 1024),
+        ("pc.bios", 128 * 1024),
+        ("/rom@etc/acpi/tables", 128 * 1024),
+        ("0000:00:02.0/e1000.rom", 256 * 1024),
+    ]
+    mm = machine_memory_map(blocks, machine="pc-i440fx-7.2", arch="x86_64")
+    assert mm.unplaced == ("pc.rom", "/rom@etc/acpi/tables", "0000:00:02.0/e1000.rom")
+    assert any("pc.rom" in n and "pc.ram" in n for n in mm.notes)
+    assert any("0xe0000" in n for n in mm.notes)  # ISA BIOS window reported
+    assert any("0xa0000" in n for n in mm.notes)  # legacy hole reported
+    assert mm.ranges() == ((0, 128 * MiB), (FOUR_GIB - 128 * 1024, 128 * 1024))
+
+
+def test_x86_pflash_stack_below_4g() -> None:
+    blocks = [("pc.ram", 1 * GiB), ("system.flash0", 4 * MiB), ("system.flash1", 512 * 1024)]
+    mm = machine_memory_map(blocks, machine="pc-q35-9.2", arch=None)
+    assert mm.gpa_of("system.flash0", 0) == FOUR_GIB - 4 * MiB
+    assert mm.gpa_of("system.flash1", 0) == FOUR_GIB - 4 * MiB - 512 * 1024
+
+
+def test_memory_backend_named_main_block() -> None:
+    blocks = [
+        ("/rom@etc/acpi/tables", 128 * 1024),
+        ("pc.bios", 256 * 1024),
+        ("mem0", 3 * GiB),
+        ("vga.vram", 16 * MiB),
+    ]
+    mm = machine_memory_map(blocks, machine="pc-q35-10.0", arch=None)
+    assert _ram(mm) == [(0, 0, 2 * GiB), (2 * GiB, FOUR_GIB, 1 * GiB)]
+    assert {p.block for p in mm.placements if p.kind == "ram"} == {"mem0"}
+    assert any("mem0" in n and "largest" in n for n in mm.notes)
+    assert "vga.vram" in mm.unplaced
+
+
+def test_aarch64_virt() -> None:
+    blocks = [
+        ("mach-virt.ram", 128 * MiB),
+        ("virt.flash0", 64 * MiB),
+        ("virt.flash1", 64 * MiB),
+        ("/rom@etc/acpi/rsdp", 4096),
+    ]
+    mm = machine_memory_map(blocks, machine="virt-10.0", arch="aarch64")
+    assert mm.placements == (
+        Placement("virt.flash0", 0, 0, 64 * MiB, "firmware"),
+        Placement("virt.flash1", 0, 0x0400_0000, 64 * MiB, "firmware"),
+        Placement("mach-virt.ram", 0, 0x4000_0000, 128 * MiB),
+    )
+    assert mm.unplaced == ("/rom@etc/acpi/rsdp",)
+
+
+@pytest.mark.parametrize(
+    ("machine", "block", "arch"),
+    [
+        ("pseries-7.2", "ppc_spapr.ram", "ppc64"),
+        ("pseries", "ppc_spapr.ram", "ppc64"),
+        ("s390-ccw-virtio-10.0", "s390.ram", "s390x"),
+        (None, "s390.ram", "s390x"),
+        (None, "ppc_spapr.ram", "ppc64"),
+    ],
+)
+def test_ram_at_zero(machine: str | None, block: str, arch: str) -> None:
+    mm = machine_memory_map([(block, 256 * MiB)], machine=machine, arch=None)
+    assert mm.placements == (Placement(block, 0, 0, 256 * MiB),)
+    assert mm.arch == arch
+
+
+def test_unknown_machine_and_override() -> None:
+    mm = machine_memory_map([("microvm.ram", 64 * MiB)], machine="microvm", arch="x86_64")
+    assert mm.placements == () and mm.unplaced == ("microvm.ram",)
+    assert any("microvm" in n and "--map" in n for n in mm.notes)
+    mm = machine_memory_map(
+        [("microvm.ram", 64 * MiB)], machine="microvm", arch=None, overrides={"microvm.ram": 0x1000}
+    )
+    assert mm.placements == (Placement("microvm.ram", 0, 0x1000, 64 * MiB, "override"),)
+
+
+def test_override_replaces_default_and_rom_placement() -> None:
+    blocks = [("pc.ram", 64 * MiB), ("pc.rom", 128 * 1024), ("vga.vram", 16 * MiB)]
+    mm = machine_memory_map(
+        blocks, machine="pc", arch=None, overrides={"pc.ram": 0x1_0000_0000, "vga.vram": 0xFD00_0000}
+    )
+    assert mm.placements_of("pc.ram") == (Placement("pc.ram", 0, 0x1_0000_0000, 64 * MiB, "override"),)
+    assert mm.gpa_of("vga.vram", 0) == 0xFD00_0000
+    # With RAM moved away, pc.rom no longer lies over anything.
+    assert mm.gpa_of("pc.rom", 0) == 0xC0000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"arch": "riscv64"}, "unknown architecture"),
+        ({"arch": "aarch64", "machine": "pc-i440fx-10.0"}, "not an aarch64 machine"),
+        ({"overrides": {"nope": 0}}, "not in the stream"),
+        ({"overrides": {"vga.vram": 0x100000}}, "overlap"),
+        ({"overrides": {"vga.vram": -1}}, "negative"),
+    ],
+)
+def test_usage_errors(kwargs: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"machine": "pc-i440fx-10.0", "arch": None}
+    args.update(kwargs)
+    with pytest.raises(UsageError, match=message):
+        machine_memory_map([("pc.ram", 64 * MiB), ("vga.vram", 16 * MiB)], **args)
+
+
+def test_duplicate_block_is_an_error() -> None:
+    with pytest.raises(UsageError, match="twice"):
+        machine_memory_map([("pc.ram", 4096), ("pc.ram", 4096)], machine="pc", arch=None)
+
+
+def test_parse_machine() -> None:
+    assert parse_machine("pc-i440fx-10.0") == ("pc", (10, 0))
+    assert parse_machine("pc-q35-7.2") == ("q35", (7, 2))
+    assert parse_machine("pc-i440fx-2.3") == ("pc", (2, 3))
+    assert parse_machine("pc-0.15") == ("pc", (0, 15))
+    assert parse_machine("virt") == ("virt", None)
+    assert parse_machine("pseries-2.12-sxxm") == ("pseries", (2, 12))
+    assert parse_machine("s390-ccw-virtio-10.0") == ("s390-ccw-virtio", (10, 0))
+    assert parse_machine("microvm") is None
+
+
+def test_describe_and_json() -> None:
+    mm = machine_memory_map(
+        [("pc.ram", 3 * GiB), ("pc.bios", 256 * 1024), ("pc.rom", 128 * 1024)],
+        machine="pc-q35-7.2",
+        arch=None,
+    )
+    text = mm.describe()
+    assert "0x0000000100000000-0x000000013fffffff  pc.ram" in text
+    assert "unplaced: pc.rom" in text
+    assert str(mm) == text
+    doc = json.loads(json.dumps(mm.to_json()))
+    assert doc["placements"][0] == {
+        "block": "pc.ram",
+        "block_offset": 0,
+        "gpa": 0,
+        "size": 2 * GiB,
+        "kind": "ram",
+    }
+
+
+def test_no_machine_name_backend_block() -> None:
+    """Old stream, RAM in a memory backend: firmware names tell the family."""
+    blocks = [("ram0", 64 * MiB), ("pc.bios", 256 * 1024), ("pc.rom", 128 * 1024)]
+    mm = machine_memory_map(blocks, machine=None, arch=None)
+    assert mm.family == "pc" and mm.arch == "x86_64"
+    assert mm.placements_of("ram0") == (Placement("ram0", 0, 0, 64 * MiB),)
