@@ -94,10 +94,11 @@ def _decoded_by_migstream(stream_dir: Path) -> Devices | None:
 def load_devices(stream_dir: Path) -> Devices | None:
     """Decoded device sections of a stream, or None when they cannot be had yet.
 
-    The one place to choose the source: the analyzer output converted (for now),
-    or ``_decoded_by_migstream(stream_dir)`` once the stream decoder is settled.
+    The one place to choose the source: migstream's own decoder (end to end).
+    ``_converted_analyze_state`` (QEMU's analyzer output, converted) is the
+    other oracle, used where that output exists.
     """
-    return _converted_analyze_state(stream_dir)
+    return _decoded_by_migstream(stream_dir)
 
 
 # --------------------------------------------------------------------------
