@@ -110,4 +110,3 @@ class PhysicalReader(_PagedReader):
                 out[lo - offset : lo - offset + len(data)] = data
             i += 1
         return bytes(out)
-

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import ContainerError, MigstreamError, UsageError
-from . import libvirt, qcow2
+from . import libvirt
 from ._io import DEFAULT_MAX_SIZE, copy_capped, file_size, new_temp_fd, pread_upto
-from .compressed import decompress
 from .magic import (
     COMPRESSIONS,
     KIND_LIBVIRT,
@@ -221,11 +220,15 @@ def _unwrap(layer: _Layer, kind: str | None, head: bytes, *, snapshot: str | Non
     """Replace ``layer`` by what its container holds."""
     if kind in COMPRESSIONS:
         assert kind is not None
+        from .compressed import decompress
+
         layer.replace(decompress(layer.fd, layer.base, layer.size, kind, limit=limit))
         layer.add_compression(kind)
     elif kind in (KIND_LIBVIRT, KIND_LIBVIRT_PARTIAL):
         _unwrap_libvirt(layer, limit)
     elif kind == KIND_QCOW2:
+        from . import qcow2
+
         fd, _size, info = qcow2.extract_vmstate(
             layer.fd, layer.base, layer.size, snapshot=snapshot, limit=limit
         )
@@ -245,6 +248,8 @@ def _unwrap_libvirt(layer: _Layer, limit: int) -> None:
     if header.compression is None:
         layer.base, layer.size = start, rest
     else:
+        from .compressed import decompress
+
         layer.replace(decompress(layer.fd, start, rest, header.compression, limit=limit))
         layer.add_compression(header.compression)
 

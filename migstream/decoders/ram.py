@@ -3,15 +3,16 @@
 Every RAM record starts with a be64 word: the bits below the target page
 size are flags, the rest a block-relative offset.  Consecutive records of one
 kind on consecutive pages (the common case) are recognised in bulk with a
-strided numpy view, so a run of a million pages costs a handful of Python
+single ``struct`` unpack per chunk, so a run of a million pages costs a handful of Python
 steps, not a million.
 """
 
 from __future__ import annotations
 
+import functools
+import re
+import struct
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from ..errors import LimitError, StreamFormatError, UnsupportedError
 from ..model.ram import MappedRamHeader, PageKind, RamBlock, RunTable
@@ -25,7 +26,8 @@ MAX_RAM_BLOCKS = 65536
 MAX_COMPRESSED_PAGE = 1 << 20
 
 _FIRST_PROBE = 8
-_MAX_PROBE = 1 << 16
+_MAX_PROBE = 1024
+_ONES = re.compile("1+")
 
 
 @dataclass
@@ -186,16 +188,15 @@ class RamDecoder:
                 expected=f"<= {r.end:#x}",
                 found=hdr.bitmap_offset + nbytes,
             )
-        words = np.frombuffer(r.buf, dtype="<u8", count=nbytes // 8, offset=hdr.bitmap_offset)
-        bits = np.unpackbits(words.view(np.uint8), bitorder="little")[:npages]
-        if not bits.any():
+        # The bitmap is little-endian 64-bit words (x86/ARM hosts): bit i = page i.
+        value = int.from_bytes(r.buf[hdr.bitmap_offset : hdr.bitmap_offset + nbytes], "little")
+        value &= (1 << npages) - 1
+        if not value:
             return
-        # Runs of set bits -> runs of pages at fixed offsets.
-        padded = np.concatenate(([0], bits.astype(np.int8), [0]))
-        edges = np.flatnonzero(np.diff(padded))
-        starts, stops = edges[0::2], edges[1::2]
+        bits = format(value, "b")[::-1]  # bit i at index i
         st = self.state
-        for a, b in zip(starts.tolist(), stops.tolist()):
+        for m in _ONES.finditer(bits):
+            a, b = m.start(), m.end()
             st.runs.add(
                 block.index, a * ps, b - a, PageKind.MAPPED, hdr.pages_offset + a * ps, ps, 0, 0, self.channel
             )
@@ -324,29 +325,39 @@ class RamDecoder:
         """How many records right after the one at ``start`` continue its run.
 
         They must sit every ``stride`` bytes, carry the same flags, name the next
-        pages of the same block, and (zero pages) the same fill byte.
+        pages of the same block, and (zero pages) the same fill byte.  Records
+        are checked a chunk at a time with one ``struct`` unpack and one tuple
+        comparison, so the per-record work runs in C.
         """
         limit = min((block_left // ps) - 1, (end - start) // stride - 1)
         total = 0
-        probe = _FIRST_PROBE
-        base = start
+        n = _FIRST_PROBE
+        first = start + stride
+        nxt = word + ps
+        with_fill = fill >= 0
         while total < limit:
-            n = min(probe, limit - total)
-            first = base + stride
-            words = np.ndarray((n,), dtype=">u8", buffer=buf, offset=first, strides=(stride,))
-            expected = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(ps) + np.uint64(word)
-            ok = words == expected
-            if fill >= 0:
-                fills = np.ndarray(
-                    (n,), dtype=np.uint8, buffer=buf, offset=first + stride - 1, strides=(stride,)
-                )
-                ok &= fills == fill
-            if ok.all():
+            n = min(n, limit - total)
+            got = _chunk_format(stride, n, with_fill).unpack_from(buf, first)
+            words = got[0::2] if with_fill else got
+            want = tuple(range(nxt, nxt + n * ps, ps))
+            if words == want and (not with_fill or got[1::2] == (fill,) * n):
                 total += n
-                word += n * ps
-                base += n * stride
-                probe = min(probe * 4, _MAX_PROBE)
+                first += n * stride
+                nxt += n * ps
+                n = min(n * 4, _MAX_PROBE)
                 continue
-            total += int(np.argmin(ok))
-            break
+            fills = got[1::2] if with_fill else (fill,) * n
+            k = 0
+            while k < n and words[k] == want[k] and fills[k] == fill:
+                k += 1
+            return total + k
         return total
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_format(stride: int, n: int, with_fill: bool) -> struct.Struct:
+    """Unpacks ``n`` record words (and fill bytes) that sit every ``stride`` bytes."""
+    head = "QB" if with_fill else "Q"
+    gap = stride - (9 if with_fill else 8)
+    one = head + (f"{gap}x" if gap else "")
+    return struct.Struct(">" + one * (n - 1) + head)

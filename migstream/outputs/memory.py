@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..api import Stream
 
 _IOV_MAX = 1024
-_COPY_MIN = 1 << 20  # contiguous stretches at least this long go through copy_file_range
+_MAX_GAP = 64  # record header bytes between pages that are still read in one span
 _OFF_MASK = (1 << CHANNEL_SHIFT) - 1
 
 
@@ -45,8 +45,7 @@ def _copy(src_fd: int, src_off: int, out_fd: int, out_off: int, n: int) -> None:
         n -= done
 
 
-def _pwritev(fd: int, bufs: list[memoryview | bytes], offset: int) -> None:
-    total = sum(len(b) for b in bufs)
+def _pwritev(fd: int, bufs: list[memoryview], offset: int, total: int) -> None:
     done = os.pwritev(fd, bufs, offset)
     if done != total:  # short write: finish the rest plainly
         data = b"".join(bytes(b) for b in bufs)[done:]
@@ -65,40 +64,18 @@ def write_block_range(
     written = 0
     valid = m >= 0
     if valid.any():
+        staging = bytearray(_IOV_MAX * (ps + _MAX_GAP))
         edges = np.flatnonzero(np.diff(np.concatenate(([False], valid, [False])).astype(np.int8)))
         for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
-            seg = m[a:b]
-            breaks = np.flatnonzero(np.diff(seg) != ps) + 1
-            bounds = [0, *breaks.tolist(), len(seg)]
-            iov: list[memoryview | bytes] = []
-            iov_at = out_offset + a * ps
-            pos = iov_at
-            for x, y in zip(bounds[:-1], bounds[1:]):
-                v = int(seg[x])
-                ch, off = v >> CHANNEL_SHIFT, v & _OFF_MASK
-                n = (y - x) * ps
-                dst = out_offset + (a + x) * ps
-                if n >= _COPY_MIN:
-                    if iov:
-                        _pwritev(out_fd, iov, iov_at)
-                        iov = []
-                    src = pm.stream.source if ch == 0 else pm.stream.channels[ch - 1]
-                    _copy(src.fd, src.base + off, out_fd, dst, n)
-                    written += n
-                    pos = dst + n
-                    iov_at = pos
-                    continue
-                if not iov:
-                    iov_at = dst
-                elif dst != pos or len(iov) >= _IOV_MAX:
-                    _pwritev(out_fd, iov, iov_at)
-                    iov = []
-                    iov_at = dst
-                iov.append(pm.channel_buffer(ch)[off : off + n])
-                pos = dst + n
-                written += n
-            if iov:
-                _pwritev(out_fd, iov, iov_at)
+            # Pages a..b-1 all have bytes; write them a chunk at a time, one channel per chunk.
+            for c0 in range(a, b, _IOV_MAX):
+                chunk = m[c0 : min(b, c0 + _IOV_MAX)]
+                channels = chunk >> CHANNEL_SHIFT
+                cuts = [0, *(np.flatnonzero(np.diff(channels)) + 1).tolist(), len(chunk)]
+                for x, y in zip(cuts[:-1], cuts[1:]):
+                    offs = (chunk[x:y] & _OFF_MASK).tolist()
+                    _write_pages(pm, int(channels[x]), offs, out_fd, out_offset + (c0 + x) * ps, staging)
+                    written += len(offs) * ps
     special = np.flatnonzero(m <= -3)
     for i in special.tolist():
         data = pm.special[-3 - int(m[i])]
@@ -106,6 +83,35 @@ def write_block_range(
             os.pwrite(out_fd, data, out_offset + i * ps)
             written += len(data)
     return written
+
+
+def _write_pages(
+    pm: PageMap, channel: int, offs: list[int], out_fd: int, dst: int, staging: bytearray
+) -> None:
+    """Pages whose bytes start at ``offs`` of one channel, to consecutive pages at ``dst``."""
+    ps = pm.page_size
+    src = pm.stream.source if channel == 0 else pm.stream.channels[channel - 1]
+    lo, hi = offs[0], offs[-1] + ps
+    if hi - lo == len(offs) * ps and offs == list(range(lo, hi, ps)):
+        _copy(src.fd, src.base + lo, out_fd, dst, hi - lo)  # contiguous in the source: in-kernel copy
+        return
+    if lo <= min(offs) and hi - lo <= len(staging) and max(offs) + ps <= hi:
+        # Dense (pages between record headers): one read of the span, then one gathered write.
+        view = memoryview(staging)[: hi - lo]
+        _pread_into(src.fd, view, src.base + lo)
+        _pwritev(out_fd, [view[o - lo : o - lo + ps] for o in offs], dst, len(offs) * ps)
+        return
+    buf = pm.channel_buffer(channel)
+    _pwritev(out_fd, [buf[o : o + ps] for o in offs], dst, len(offs) * ps)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise UsageError("source file shorter than its page index says")
+        done += n
 
 
 def memory_map(stream: Stream, overrides: Mapping[str, int] | None = None) -> MemoryMap:
