@@ -19,14 +19,25 @@ from migstream.outputs.compat import render_state
 
 STREAMS = {s["id"]: s for s in corpus_streams()}
 IDS = sorted(STREAMS)
-GT_TYPE = {"HEADER": "HEADER", "CONFIGURATION": "CONFIGURATION", "START": "SECTION_START",
-           "PART": "SECTION_PART", "END": "SECTION_END", "FULL": "SECTION_FULL", "COMMAND": "COMMAND",
-           "EOF": "EOF", "VMDESCRIPTION": "VMDESCRIPTION"}
+GT_TYPE = {
+    "HEADER": "HEADER",
+    "CONFIGURATION": "CONFIGURATION",
+    "START": "SECTION_START",
+    "PART": "SECTION_PART",
+    "END": "SECTION_END",
+    "FULL": "SECTION_FULL",
+    "COMMAND": "COMMAND",
+    "EOF": "EOF",
+    "VMDESCRIPTION": "VMDESCRIPTION",
+}
 
 
 def _open(corpus: CorpusCache, sid: str) -> migstream.Stream:
-    channels = [corpus.raw(sid, f"multifd-{i}.bin") for i in (1, 2)
-                if (CORPUS / sid / f"multifd-{i}.bin.xz").is_file()]
+    channels = [
+        corpus.raw(sid, f"multifd-{i}.bin")
+        for i in (1, 2)
+        if (CORPUS / sid / f"multifd-{i}.bin.xz").is_file()
+    ]
     return migstream.open(corpus.raw(sid), channels=channels)
 
 
@@ -38,8 +49,16 @@ def _gt_records(gt: dict[str, Any]) -> list[tuple[Any, ...]]:
             continue
         section = t.startswith("SECTION_")
         header = t in ("SECTION_START", "SECTION_FULL")
-        out.append((t, r["off"], r.get("id") if section else None, r.get("instance") if header else None,
-                    r.get("version") if header else None, r.get("cmd")))
+        out.append(
+            (
+                t,
+                r["off"],
+                r.get("id") if section else None,
+                r.get("instance") if header else None,
+                r.get("version") if header else None,
+                r.get("cmd"),
+            )
+        )
     return out
 
 
@@ -76,9 +95,18 @@ def test_blobs_at_their_guest_physical_address(corpus: CorpusCache, sid: str) ->
             assert hashlib.sha256(data).hexdigest() == blob["sha256"], blob["name"]
 
 
-PAGE_CHECKED = ("pc-paused-min", "q35-3G-highmem", "pc-running-xbzrle", "pc-compress", "pc-postcopy",
-                "pc-tcp-multifd", "aarch64-virt-paused", "ppc64-pseries-slof", "s390x-ccw-bios",
-                "pc-mapped-ram")
+PAGE_CHECKED = (
+    "pc-paused-min",
+    "q35-3G-highmem",
+    "pc-running-xbzrle",
+    "pc-compress",
+    "pc-postcopy",
+    "pc-tcp-multifd",
+    "aarch64-virt-paused",
+    "ppc64-pseries-slof",
+    "s390x-ccw-bios",
+    "pc-mapped-ram",
+)
 
 
 def _pmem_pages(sid: str) -> dict[int, str]:
