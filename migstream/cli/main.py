@@ -50,27 +50,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from ..outputs.state_json import to_typed
+    from ..outputs.state_json import state_document
 
     with _open(args) as stream:
         stream.require_state()
-        out = {
-            "machine": stream.machine,
-            "devices": [
-                {
-                    "name": d.name,
-                    "instance_id": d.instance_id,
-                    "section_id": d.section_id,
-                    "version_id": d.version_id,
-                    "vmsd_name": d.vmsd_name,
-                    "offset": d.offset,
-                    "state": to_typed(d.state, offsets=args.offsets),
-                }
-                for d in stream.devices
-                if args.device is None or d.name == args.device
-            ],
-        }
-        print_json(out, indent=None if args.compact else 2)
+        print_json(
+            state_document(stream, device=args.device, offsets=args.offsets),
+            indent=None if args.compact else 2,
+        )
     return 0
 
 

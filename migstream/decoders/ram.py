@@ -53,7 +53,6 @@ class RamCounters:
     mapped: int = 0
     multifd_flush: int = 0
     eos: int = 0
-    mem_size_records: int = 0
 
 
 @dataclass
@@ -91,7 +90,6 @@ class RamDecoder:
     def _mem_size(self, r: Reader, total: int) -> None:
         st = self.state
         opts = st.options
-        st.counters.mem_size_records += 1
         if st.blocks:
             # A later block list (it changed during migration): start over.
             st.blocks.clear()
@@ -300,14 +298,7 @@ class RamDecoder:
                         found=enc,
                     )
                 n = r.be16("an XBZRLE length")
-                if n > ps:
-                    raise LimitError(
-                        "XBZRLE data longer than a page",
-                        offset=r.pos - 2,
-                        section=r.context,
-                        expected=f"<= {ps}",
-                        found=n,
-                    )
+                r.bounded_length(n, ps, "XBZRLE data")
                 r.skip(n, "XBZRLE data")
                 runs.add(bi, addr, 1, PageKind.XBZRLE, start, 0, r.pos - n - start, n, self.channel)
                 counters.xbzrle += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import LimitError, StreamFormatError
+from ..errors import StreamFormatError
 from ..wire import constants as c
 from ..wire.reader import Reader
 
@@ -185,14 +185,7 @@ def decode_vfio(r: Reader, kind: str) -> Summary:
             continue
         if tag == c.VFIO_MIG_FLAG_DEV_DATA_STATE:
             n = r.be64("a VFIO data length")
-            if n > MAX_VFIO_CHUNK:
-                raise LimitError(
-                    "VFIO data chunk too large",
-                    offset=r.pos - 8,
-                    section=r.context,
-                    expected=f"<= {MAX_VFIO_CHUNK}",
-                    found=n,
-                )
+            r.bounded_length(n, MAX_VFIO_CHUNK, "VFIO data")
             r.skip(n, "VFIO data")
             s["data_bytes"] += n
             continue

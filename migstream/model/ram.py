@@ -155,8 +155,6 @@ class RamStats:
     xbzrle: int = 0
     compressed: int = 0
     mapped: int = 0
-    multifd_pages: int = 0
-    multifd_zero: int = 0
     multifd_flush: int = 0
     eos: int = 0
     discards: int = 0

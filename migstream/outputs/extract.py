@@ -75,25 +75,13 @@ def _block_files(
 
 def extract(stream: Stream, root: str, *, force: bool = False) -> Iterator[str]:
     """Write desc.json, state.json, the block files and index.json; yields the files written."""
-    from .state_json import to_typed
+    from .state_json import state_document
 
     os.makedirs(root, exist_ok=True)
     if stream.vmdesc is not None:
         _write_text(root, "desc.json", json.dumps(stream.vmdesc, indent=2) + "\n", force)
         yield "desc.json"
-        state = {
-            "machine": stream.machine,
-            "devices": [
-                {
-                    "name": d.name,
-                    "instance_id": d.instance_id,
-                    "section_id": d.section_id,
-                    "version_id": d.version_id,
-                    "state": to_typed(d.state),
-                }
-                for d in stream.devices
-            ],
-        }
+        state = state_document(stream)
         _write_text(root, "state.json", json.dumps(state, indent=2) + "\n", force)
         yield "state.json"
     index: list[dict[str, Any]] = []

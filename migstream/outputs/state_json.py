@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..decoders.vmstate import IntArray, Leaf, Struct
+
+if TYPE_CHECKING:
+    from ..api import Stream
 
 _FLOAT = struct.Struct(">d")
 
@@ -61,3 +64,23 @@ def to_typed(state: Struct | None, offsets: bool = False) -> dict[str, Any]:
     out = _convert(state, True, offsets)
     assert isinstance(out, dict)
     return out
+
+
+def state_document(stream: Stream, *, device: str | None = None, offsets: bool = False) -> dict[str, Any]:
+    """What `migstream state --json` prints: the machine and every device section (or only ``device``)."""
+    return {
+        "machine": stream.machine,
+        "devices": [
+            {
+                "name": d.name,
+                "instance_id": d.instance_id,
+                "section_id": d.section_id,
+                "version_id": d.version_id,
+                "vmsd_name": d.vmsd_name,
+                "offset": d.offset,
+                "state": to_typed(d.state, offsets=offsets),
+            }
+            for d in stream.devices
+            if device is None or d.name == device
+        ],
+    }

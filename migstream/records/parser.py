@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..decoders.builtin import decode_builtin
@@ -154,18 +154,8 @@ class _Parser:
 
     def _result(self) -> ParsedStream:
         ram = self.ram or RamState(RamOptions(page_size=self._page_size()))
-        c = ram.counters
-        stats = RamStats(
-            pages=c.pages,
-            zero=c.zero,
-            zero_nonzero_fill=c.zero_nonzero_fill,
-            xbzrle=c.xbzrle,
-            compressed=c.compressed,
-            mapped=c.mapped,
-            multifd_flush=c.multifd_flush,
-            eos=c.eos,
-            discards=sum(1 for rec in self.records if rec.command == "POSTCOPY_RAM_DISCARD"),
-        )
+        discards = sum(1 for rec in self.records if rec.command == "POSTCOPY_RAM_DISCARD")
+        stats = RamStats(**asdict(ram.counters), discards=discards)
         index = RamIndex(
             ram.options.page_size,
             tuple(ram.blocks),
