@@ -12,7 +12,7 @@ from .containers import Source, open_source
 from .errors import DescriptionError, UsageError
 from .model.ram import RamBlock
 from .model.records import Configuration, Diagnostic, Record
-from .model.stream import DeviceState, ParsedStream
+from .model.stream import DeviceState, ParsedStream, SectionInfo
 from .records.parser import parse_stream
 from .wire.constants import MULTIFD_MAGIC
 
@@ -69,6 +69,33 @@ class Stream:
     @property
     def page_size(self) -> int:
         return self.parsed.page_size
+
+    @property
+    def sections(self) -> tuple[SectionInfo, ...]:
+        """Every section id in order of first appearance, with its records' offsets and total size."""
+        p = self.parsed
+        by_id: dict[int, list[Record]] = {}
+        for rec in p.records:
+            if rec.section_id is not None:
+                by_id.setdefault(rec.section_id, []).append(rec)
+        out = []
+        for sid in p.section_order:
+            recs = by_id.get(sid, [])
+            first = next((r for r in recs if r.instance_id is not None), recs[0])
+            kinds = {r.type for r in recs}
+            kind = "ram" if sid == p.ram.section_id else "device" if kinds == {"SECTION_FULL"} else "live"
+            out.append(
+                SectionInfo(
+                    sid,
+                    p.section_names[sid],
+                    first.instance_id or 0,
+                    first.version_id or 0,
+                    kind,
+                    tuple(r.offset for r in recs),
+                    sum(r.size for r in recs),
+                )
+            )
+        return tuple(out)
 
     @property
     def commands(self) -> tuple[Record, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 #: Record type names used in results (the contract's names).
@@ -17,8 +18,10 @@ COMMAND = "COMMAND"
 EOF = "EOF"
 VMDESCRIPTION = "VMDESCRIPTION"
 
+_NO_DETAILS: Mapping[str, Any] = MappingProxyType({})
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Record:
     """One top-level record.
 
@@ -37,7 +40,8 @@ class Record:
     command: str | None = None
     depth: int = 0
     footer_offset: int | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+    payload_offset: int | None = None
+    details: Mapping[str, Any] = field(default_factory=lambda: _NO_DETAILS)
 
     @property
     def size(self) -> int:
@@ -53,6 +57,8 @@ class Record:
             out["depth"] = self.depth
         if self.footer_offset is not None:
             out["footer_offset"] = self.footer_offset
+        if self.payload_offset is not None:
+            out["payload_offset"] = self.payload_offset
         if self.details:
             out["details"] = dict(self.details)
         return out

@@ -44,6 +44,31 @@ class LiveSection:
 
 
 @dataclass(frozen=True)
+class SectionInfo:
+    """One section id: what it is and where its records are."""
+
+    section_id: int
+    name: str
+    instance_id: int
+    version_id: int
+    kind: str  # "ram", "device" or "live"
+    record_offsets: tuple[int, ...]
+    size: int  # bytes of all its records
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "section_id": self.section_id,
+            "name": self.name,
+            "instance_id": self.instance_id,
+            "version_id": self.version_id,
+            "kind": self.kind,
+            "records": len(self.record_offsets),
+            "first_offset": self.record_offsets[0] if self.record_offsets else None,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
 class RamIndex:
     """RAM blocks and every page run of the stream."""
 

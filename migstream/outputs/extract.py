@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .memory import _create, write_block_range
+from .memory import absent_blocks, create_output, write_block_range
 
 if TYPE_CHECKING:
     from ..api import Stream
@@ -43,7 +43,7 @@ def _open_inside(root: str, rel: str, force: bool) -> int:
         raise UsageError(f"refusing to write {rel}: it would land outside {root}")
     if os.path.islink(path):
         raise UsageError(f"refusing to write through the symbolic link {path}")
-    return _create(path, force)
+    return create_output(path, force)
 
 
 def _write_text(root: str, rel: str, text: str, force: bool) -> None:
@@ -52,14 +52,17 @@ def _write_text(root: str, rel: str, text: str, force: bool) -> None:
         f.write(text)
 
 
-def _block_files(
-    stream: Stream, root: str, force: bool, names: dict[str, str]
-) -> Iterator[tuple[str, str, int]]:
+def _block_files(stream: Stream, root: str, force: bool) -> Iterator[tuple[str, str | None, int]]:
+    """Write one sparse file per RAM block; yields (block, file or None when not in the stream, size)."""
     pm = stream.pagemap()
+    absent = absent_blocks(stream, pm)
     used: set[str] = set()
     for b in stream.ram_blocks:
-        rel = names.get(b.name) or safe_relpath(b.name)
-        base, n = rel, 1
+        if b.name in absent:
+            yield b.name, None, b.size
+            continue
+        rel = base = safe_relpath(b.name)
+        n = 1
         while rel in used:
             n += 1
             rel = f"{base}.{n}"
@@ -85,9 +88,13 @@ def extract(stream: Stream, root: str, *, force: bool = False) -> Iterator[str]:
         _write_text(root, "state.json", json.dumps(state, indent=2) + "\n", force)
         yield "state.json"
     index: list[dict[str, Any]] = []
-    for name, rel, size in _block_files(stream, root, force, {}):
-        index.append({"block": name, "file": rel, "size": size})
-        yield rel
+    for name, rel, size in _block_files(stream, root, force):
+        entry: dict[str, Any] = {"block": name, "file": rel, "size": size}
+        if rel is None:
+            entry["note"] = "not in the stream (x-ignore-shared: the pages stay in the shared backing memory)"
+        index.append(entry)
+        if rel is not None:
+            yield rel
     _write_text(root, "index.json", json.dumps({"blocks": index}, indent=2) + "\n", force)
     yield "index.json"
 
@@ -100,7 +107,8 @@ def extract_compat(stream: Stream, root: str) -> Iterator[str]:
     stream.require_state()
     yield "desc.json"
     _write_text(root, "desc.json", enc.encode(render_desc(stream)), True)
-    for _name, rel, _size in _block_files(stream, root, True, {}):
-        yield rel
+    for _name, rel, _size in _block_files(stream, root, True):
+        if rel is not None:
+            yield rel
     yield "state.json"
     _write_text(root, "state.json", enc.encode(render_state(stream)), True)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..decoders.pagemap import CHANNEL_SHIFT, PageMap
-from ..errors import UsageError
-from ..model.memmap import MemoryMap, machine_memory_map
+from ..errors import MigstreamError, UsageError
+from ..model.memmap import MemoryMap, Placement, machine_memory_map
 
 if TYPE_CHECKING:
     from ..api import Stream
@@ -121,7 +121,7 @@ def memory_map(stream: Stream, overrides: Mapping[str, int] | None = None) -> Me
     )
 
 
-def _create(path: str, force: bool) -> int:
+def create_output(path: str, force: bool) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     if not force:
         flags |= os.O_EXCL
@@ -132,17 +132,34 @@ def _create(path: str, force: bool) -> int:
 
 
 def write_placements(
-    pm: PageMap, mmap_: MemoryMap, out_fd: int, offset_of: Mapping[int, int] | None = None
+    pm: PageMap, placements: Sequence[Placement], out_fd: int, dest_of: Mapping[int, int] | None = None
 ) -> None:
-    """Copy every placed block range to ``gpa`` (or to the file offset ``offset_of[gpa-range start]``)."""
+    """Copy every placed block range to its ``gpa`` in the file (or to ``dest_of[gpa]``)."""
     ps = pm.page_size
     by_name = {b.name: b.index for b in pm.blocks}
-    for p in mmap_.placements:
-        bi = by_name[p.block]
+    for p in placements:
         if p.block_offset % ps or p.size % ps:
             raise UsageError(f"placement of {p.block} is not page aligned")
-        dest = p.gpa if offset_of is None else offset_of[p.gpa]
-        write_block_range(pm, bi, p.block_offset // ps, p.size // ps, out_fd, dest)
+        dest = p.gpa if dest_of is None else dest_of[p.gpa]
+        write_block_range(pm, by_name[p.block], p.block_offset // ps, p.size // ps, out_fd, dest)
+
+
+def _merged(placements: Sequence[Placement]) -> list[tuple[int, int]]:
+    """``(gpa, size)`` ranges of the placements, adjacent ones merged."""
+    out: list[list[int]] = []
+    for p in placements:
+        if out and out[-1][0] + out[-1][1] == p.gpa:
+            out[-1][1] += p.size
+        else:
+            out.append([p.gpa, p.size])
+    return [(a, b) for a, b in out]
+
+
+def absent_blocks(stream: Stream, pm: PageMap) -> set[str]:
+    """Blocks that x-ignore-shared left out of the stream (their pages stay in shared memory)."""
+    if not stream.parsed.ram.ignore_shared:
+        return set()
+    return {b.name for b in stream.ram_blocks if not pm.present(b.index)}
 
 
 def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
@@ -158,8 +175,8 @@ def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
                 notes.append(
                     f"RAM block {b.name}: no page of it is in the stream"
                     + (
-                        " (multifd: pass the channel captures after the stream)"
-                        if stream.parsed.ram.stats.multifd_flush or not stream.channels
+                        " (a multifd migration: pass the channel captures after the stream)"
+                        if not stream.channels
                         else ""
                     )
                 )
@@ -168,6 +185,29 @@ def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
             "not placed (no fixed guest-physical address; use --map BLOCK=GPA): " + ", ".join(mmap_.unplaced)
         )
     return notes
+
+
+def _write_elf(stream: Stream, pm: PageMap, placements: Sequence[Placement], fd: int) -> None:
+    from .elf import build_elf_core
+
+    arch = stream.arch
+    if arch is None:
+        raise UsageError("cannot tell the guest architecture for the ELF header")
+    try:
+        cpus = stream.cpus()
+    except MigstreamError as exc:
+        sys.stderr.write(f"migstream: note: no vCPU notes in the core: {exc}\n")
+        cpus = []
+    layout = build_elf_core(_merged(placements), cpus, arch, page_size=stream.page_size)
+    layout.write_header(fd)
+    # Adjacent placements share one segment: find each placement's file offset.
+    dest_of: dict[int, int] = {}
+    for p in placements:
+        for seg in layout.segments:
+            if seg.gpa <= p.gpa < seg.gpa + seg.size:
+                dest_of[p.gpa] = seg.file_offset + (p.gpa - seg.gpa)
+                break
+    write_placements(pm, placements, fd, dest_of)
 
 
 def write_memory(
@@ -186,34 +226,15 @@ def write_memory(
     if not output:
         raise UsageError("memory needs -o OUT (or --print-map)")
     pm = stream.pagemap()
-    fd = _create(output, force)
+    absent = absent_blocks(stream, pm)
+    placements = [p for p in mmap_.placements if p.block not in absent]
+    fd = create_output(output, force)
     try:
         if fmt == "raw":
-            end = max((p.gpa_end for p in mmap_.placements), default=0)
-            os.ftruncate(fd, end)
-            write_placements(pm, mmap_, fd)
+            os.ftruncate(fd, max((p.gpa_end for p in mmap_.placements), default=0))
+            write_placements(pm, placements, fd)
         else:
-            from .elf import build_elf_core
-
-            cpus = []
-            arch = stream.arch
-            if arch is None:
-                raise UsageError("cannot tell the guest architecture for the ELF header")
-            if stream.vmdesc is not None:
-                cpus = stream.cpus()
-            layout = build_elf_core(mmap_.ranges(), cpus, arch, page_size=stream.page_size)
-            layout.write_header(fd)
-            offset_of: dict[int, int] = {}
-            for seg in layout.segments:
-                offset_of[seg.gpa] = seg.file_offset
-            # Placements may be merged into one range: map each placement to its file offset.
-            place_offsets: dict[int, int] = {}
-            for p in mmap_.placements:
-                for seg in layout.segments:
-                    if seg.gpa <= p.gpa < seg.gpa + seg.size:
-                        place_offsets[p.gpa] = seg.file_offset + (p.gpa - seg.gpa)
-                        break
-            write_placements(pm, mmap_, fd, place_offsets)
+            _write_elf(stream, pm, placements, fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):

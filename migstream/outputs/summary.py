@@ -150,6 +150,7 @@ def info_json(stream: Stream) -> dict[str, Any]:
         "records": [r.to_json() for r in p.records],
         "ram_blocks": [{**b.to_json(), "pages": counts.get(b.name, {})} for b in p.ram.blocks],
         "ram": p.ram.stats.to_json(),
+        "sections": [sec.to_json() for sec in stream.sections],
         "commands": [r.to_json() for r in p.records if r.command],
         "devices": [
             {

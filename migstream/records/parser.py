@@ -357,7 +357,6 @@ class _Parser:
         r.context = f"{name!r} (id {sid})"
         type_name = _SECTION_TYPE_NAMES[kind]
         payload = r.pos
-        details: dict[str, Any] = {}
         if name == "ram" and kind != RecordType.SECTION_FULL:
             self._ram_payload(r, sid, version_id)
         elif kind == RecordType.SECTION_FULL:
@@ -372,7 +371,6 @@ class _Parser:
                 except MigstreamError:
                     raise
             sec.summaries.append((type_name, start, summary))
-            details["summary"] = summary
         footer = self._footer(r, sid)
         self.records.append(
             Record(
@@ -389,7 +387,7 @@ class _Parser:
                 else None,
                 depth=depth,
                 footer_offset=footer,
-                details={"payload_offset": payload, **details},
+                payload_offset=payload,
             )
         )
 
@@ -587,7 +585,11 @@ class _Parser:
             cmd = MigCmd(num)
         except ValueError:
             raise StreamFormatError(
-                "unknown command", offset=start, field="command", expected=f"1..{max(MigCmd)}", found=num
+                f"unknown command {num} (payload length {length})",
+                offset=start,
+                field="command",
+                expected=f"1..{int(max(MigCmd))}",
+                found=num,
             ) from None
         if cmd == MigCmd.INVALID:
             raise StreamFormatError("invalid command 0", offset=start, field="command", found=num)
