@@ -15,6 +15,7 @@ from ..wire import constants as c
 from ..wire.reader import Reader
 
 Summary = dict[str, Any]
+Decoder = Callable[[Reader, str], Summary]
 
 
 def _bump(summary: Summary, key: str, n: int = 1) -> None:
@@ -200,7 +201,46 @@ def decode_pbs_state(r: Reader, kind: str) -> Summary:
     return {"bytes": n}
 
 
-Decoder = Callable[[Reader, str], Summary]
+def decode_skeys(r: Reader, kind: str) -> Summary:
+    """s390 storage keys (``s390-skeys``): runs of one key byte per 4 KiB page, up to EOS."""
+    s: Summary = {"pages": 0, "nonzero_keys": 0}
+    while True:
+        start = r.pos
+        word = r.be64("a storage key record")
+        flags = word & 0xFFF
+        if flags & c.S390_SKEYS_SAVE_FLAG_EOS:
+            return s
+        if flags & c.S390_SKEYS_SAVE_FLAG_ERROR:
+            raise StreamFormatError(
+                "the source reported an error in the storage keys", offset=start, section=r.context
+            )
+        if not flags & c.S390_SKEYS_SAVE_FLAG_SKEYS:
+            raise StreamFormatError(
+                "unknown storage key flags",
+                offset=start,
+                section=r.context,
+                expected="SKEYS, ERROR or EOS",
+                found=f"{flags:#x}",
+            )
+        n = r.be64("a storage key count")
+        keys = r.take(r.bounded_length(n, r.remaining, "storage keys"))
+        s["pages"] += n
+        s["nonzero_keys"] += n - bytes(keys).count(0)
+
+
+def decode_todclock(r: Reader, kind: str) -> Summary:
+    """s390 TOD clock (``todclock``): a presence byte, then the high byte and low 64 bits."""
+    if r.u8("the TOD clock presence byte") == 0:
+        return {"present": False}
+    high = r.u8("the TOD clock high byte")
+    low = r.be64("the TOD clock low word")
+    return {"present": True, "tod_high": high, "tod_low": low}
+
+
+def blob_decoder(idstr: str) -> Decoder | None:
+    """The decoder for an old-style FULL section whose opaque payload has a known layout."""
+    return {"s390-skeys": decode_skeys, "todclock": decode_todclock}.get(idstr)
+
 
 
 def live_decoder(idstr: str) -> Decoder | None:

@@ -25,6 +25,7 @@ class DeviceState:
     vmsd_name: str | None
     state: Struct | None
     depth: int = 0
+    summary: Mapping[str, Any] | None = None  # old-style sections with a known layout (s390-skeys, todclock)
 
     @property
     def key(self) -> str:

@@ -161,6 +161,7 @@ def info_json(stream: Stream) -> dict[str, Any]:
                 "offset": d.offset,
                 "size": d.payload_size,
                 "decoded": d.state is not None,
+                **({"summary": dict(d.summary)} if d.summary else {}),
             }
             for d in p.devices
         ],

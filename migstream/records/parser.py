@@ -14,7 +14,7 @@ from typing import Any
 
 from ..decoders.builtin import decode_builtin
 from ..decoders.ram import RamDecoder, RamOptions, RamState
-from ..decoders.special import live_decoder
+from ..decoders.special import blob_decoder, live_decoder
 from ..decoders.vmstate import NeedsSectionEnd, Struct, VmstateDecoder
 from ..errors import DescriptionError, LimitError, MigstreamError, StreamFormatError, UnsupportedError
 from ..model import records as rt
@@ -468,6 +468,7 @@ class _Parser:
                 _vmsd_name(desc),
                 state,
                 depth,
+                _blob_summary(sec.name, Reader(r.buf, payload, r.pos), r.context),
             )
         )
 
@@ -691,6 +692,18 @@ def _find(buf: memoryview, pattern: bytes, start: int, end: int) -> int:
             return pos + hit
         pos += _FIND_CHUNK
     return -1
+
+
+def _blob_summary(name: str, r: Reader, context: str | None) -> Mapping[str, Any] | None:
+    """What an old-style (opaque) device section holds, for the few whose layout is known."""
+    decoder = blob_decoder(name)
+    if decoder is None:
+        return None
+    r.context = context
+    try:
+        return decoder(r, rt.SECTION_FULL)
+    except MigstreamError as exc:
+        return {"error": str(exc)}
 
 
 def _vmsd_name(desc: Mapping[str, Any] | None) -> str | None:
