@@ -187,7 +187,7 @@ def load_description(path: str | os.PathLike[str]) -> Mapping[str, Any]:
             data = json.loads(f.read().decode("utf-8", "replace"), strict=False)
     except OSError as exc:
         raise UsageError(f"cannot read description {os.fspath(path)}: {exc.strerror}") from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DescriptionError(f"description {os.fspath(path)} is not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("devices"), list):
         raise DescriptionError(f"description {os.fspath(path)} has no 'devices' list")

@@ -242,7 +242,6 @@ def blob_decoder(idstr: str) -> Decoder | None:
     return {"s390-skeys": decode_skeys, "todclock": decode_todclock}.get(idstr)
 
 
-
 def live_decoder(idstr: str) -> Decoder | None:
     """The decoder for a live (START/PART/END) section named ``idstr``, if known."""
     if idstr == "block":

@@ -13,7 +13,7 @@ import struct as _struct
 from collections.abc import Iterator, Mapping
 from typing import Any, Union
 
-from ..errors import DescriptionError, MigstreamError, StreamFormatError
+from ..errors import DescriptionError, LimitError, MigstreamError, StreamFormatError
 from ..wire.constants import VMS_NULLPTR_MARKER, RecordType
 from ..wire.reader import Reader
 
@@ -42,6 +42,8 @@ FLOAT_TYPES = frozenset({"float64", "CPU_Double_U"})
 
 #: Deepest nesting of structs accepted (real descriptions stay far below).
 MAX_DEPTH = 64
+#: Array elements that may take no bytes at all (empty structs), beyond the bytes left.
+MAX_EMPTY_ELEMENTS = 4096
 
 
 class Leaf:
@@ -269,6 +271,15 @@ class VmstateDecoder:
         size = fdesc.get("size", 0)
         if not isinstance(size, int) or size < 0:
             raise DescriptionError("bad field size", section=self.section, field=fpath, found=size)
+        if count > r.remaining + MAX_EMPTY_ELEMENTS or count * size > r.remaining:
+            raise LimitError(
+                "array longer than the bytes left in the section",
+                offset=r.pos,
+                section=self.section,
+                field=fpath,
+                expected=f"<= {r.remaining} bytes",
+                found=f"{count} x {size} bytes",
+            )
         if count > 1 and ftype in INT_TYPES and size in _BE_UNSIGNED:
             # Bulk path for arrays of integers.
             r.need(count * size, f"field {fpath}")
