@@ -95,6 +95,16 @@ def _write_pages(
     if hi - lo == len(offs) * ps and offs == list(range(lo, hi, ps)):
         _copy(src.fd, src.base + lo, out_fd, dst, hi - lo)  # contiguous in the source: in-kernel copy
         return
+    stride = offs[1] - lo if len(offs) > 1 else ps
+    if stride > ps and offs == list(range(lo, lo + len(offs) * stride, stride)):
+        # Pages at a fixed stride (between record headers): one strided gather, one write.
+        rows = np.ndarray(
+            (len(offs), ps), dtype=np.uint8, buffer=pm.channel_buffer(channel), offset=lo, strides=(stride, 1)
+        )
+        pages = np.frombuffer(staging, dtype=np.uint8, count=len(offs) * ps).reshape(len(offs), ps)
+        np.copyto(pages, rows)
+        _pwrite_all(out_fd, memoryview(staging)[: len(offs) * ps], dst)
+        return
     if lo <= min(offs) and hi - lo <= len(staging) and max(offs) + ps <= hi:
         # Dense (pages between record headers): one read of the span, then one gathered write.
         view = memoryview(staging)[: hi - lo]
@@ -103,6 +113,12 @@ def _write_pages(
         return
     buf = pm.channel_buffer(channel)
     _pwritev(out_fd, [buf[o : o + ps] for o in offs], dst, len(offs) * ps)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], offset + done)
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> None:
