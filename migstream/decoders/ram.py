@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import re
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import LimitError, StreamFormatError, UnsupportedError
@@ -44,18 +45,6 @@ class RamOptions:
 
 
 @dataclass
-class RamCounters:
-    pages: int = 0
-    zero: int = 0
-    zero_nonzero_fill: int = 0
-    xbzrle: int = 0
-    compressed: int = 0
-    mapped: int = 0
-    multifd_flush: int = 0
-    eos: int = 0
-
-
-@dataclass
 class RamState:
     """What the RAM decoder keeps for the whole stream (blocks persist across sections)."""
 
@@ -63,7 +52,8 @@ class RamState:
     blocks: list[RamBlock] = field(default_factory=list)
     by_name: dict[str, int] = field(default_factory=dict)
     runs: RunTable = field(default_factory=RunTable)
-    counters: RamCounters = field(default_factory=RamCounters)
+    #: Record counts by RamStats field name (pages, zero, xbzrle, ...).
+    counters: Counter[str] = field(default_factory=Counter)
     current_block: int | None = None
     block_list_offset: int | None = None
 
@@ -198,7 +188,7 @@ class RamDecoder:
             st.runs.add(
                 block.index, a * ps, b - a, PageKind.MAPPED, hdr.pages_offset + a * ps, ps, 0, 0, self.channel
             )
-            st.counters.mapped += b - a
+            st.counters["mapped"] += b - a
 
     # -- page records -----------------------------------------------------
     def read_section(self, r: Reader) -> None:
@@ -216,13 +206,13 @@ class RamDecoder:
             addr = word & ~mask
             kind_flags = flags & ~RamFlag.CONTINUE
             if kind_flags == RamFlag.EOS:
-                counters.eos += 1
+                counters["eos"] += 1
                 return
             if kind_flags == RamFlag.MEM_SIZE:
                 self._mem_size(r, addr)
                 continue
             if kind_flags == RamFlag.MULTIFD_FLUSH:
-                counters.multifd_flush += 1
+                counters["multifd_flush"] += 1
                 continue
             if kind_flags == RamFlag.HOOK:
                 raise UnsupportedError(
@@ -276,7 +266,7 @@ class RamDecoder:
                     count += self._extend(buf, start, head + ps, word, ps, block.size - addr, r.end, -1)
                     r.pos = start + count * (head + ps)
                 runs.add(bi, addr, count, PageKind.PAGE, start, head + ps, head, 0, self.channel)
-                counters.pages += count
+                counters["pages"] += count
             elif kind_flags == RamFlag.ZERO:
                 fill = r.u8("a zero page fill byte")
                 count = 1
@@ -284,9 +274,9 @@ class RamDecoder:
                     count += self._extend(buf, start, head + 1, word, ps, block.size - addr, r.end, fill)
                     r.pos = start + count * (head + 1)
                 runs.add(bi, addr, count, PageKind.ZERO, start, head + 1, head, fill, self.channel)
-                counters.zero += count
+                counters["zero"] += count
                 if fill:
-                    counters.zero_nonzero_fill += count
+                    counters["zero_nonzero_fill"] += count
             elif kind_flags == RamFlag.XBZRLE:
                 enc = r.u8("an XBZRLE encoding flag")
                 if enc != ENCODING_FLAG_XBZRLE:
@@ -301,13 +291,13 @@ class RamDecoder:
                 r.bounded_length(n, ps, "XBZRLE data")
                 r.skip(n, "XBZRLE data")
                 runs.add(bi, addr, 1, PageKind.XBZRLE, start, 0, r.pos - n - start, n, self.channel)
-                counters.xbzrle += 1
+                counters["xbzrle"] += 1
             else:
                 n = r.be32("a compressed page length")
                 r.bounded_length(n, MAX_COMPRESSED_PAGE, "a compressed page")
                 r.skip(n, "compressed page data")
                 runs.add(bi, addr, 1, PageKind.COMPRESS, start, 0, r.pos - n - start, n, self.channel)
-                counters.compressed += 1
+                counters["compressed"] += 1
 
     @staticmethod
     def _extend(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..decoders.builtin import decode_builtin
@@ -155,7 +155,7 @@ class _Parser:
     def _result(self) -> ParsedStream:
         ram = self.ram or RamState(RamOptions(page_size=self._page_size()))
         discards = sum(1 for rec in self.records if rec.command == "POSTCOPY_RAM_DISCARD")
-        stats = RamStats(**asdict(ram.counters), discards=discards)
+        stats = RamStats(**ram.counters, discards=discards)
         index = RamIndex(
             ram.options.page_size,
             tuple(ram.blocks),
