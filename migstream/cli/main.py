@@ -11,6 +11,7 @@ from ..api import Stream
 from ..api import open as open_stream
 from ..errors import UsageError
 from .common import print_json, run_guarded
+from .progress import Progress
 
 PROG = "migstream"
 
@@ -82,17 +83,28 @@ def cmd_cpus(args: argparse.Namespace) -> int:
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from ..outputs.memory import write_memory
+    from ..outputs.memory import data_bytes, write_memory
 
     with _open(args, args.inputs) as stream:
-        report = write_memory(
-            stream,
-            args.output,
-            fmt=args.format,
-            overrides=_parse_map(args.map),
-            print_map=args.print_map,
-            force=args.force,
-        )
+        progress = None
+        if args.output and sys.stderr.isatty():
+            mmap_ = stream.memory_map(_parse_map(args.map))
+            progress = Progress("memory", data_bytes(stream.pagemap(), mmap_.placements))
+        try:
+            report, notes = write_memory(
+                stream,
+                args.output,
+                fmt=args.format,
+                overrides=_parse_map(args.map),
+                print_map=args.print_map,
+                force=args.force,
+                progress=progress,
+            )
+        finally:
+            if progress is not None:
+                progress.close()
+        for note in notes:
+            sys.stderr.write(f"{PROG}: note: {note}\n")
         if report:
             sys.stdout.write(report)
     return 0
@@ -102,8 +114,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from ..outputs.extract import extract
 
     with _open(args, args.inputs) as stream:
-        for line in extract(stream, args.output, force=args.force):
-            sys.stdout.write(line + "\n")
+        progress = None
+        if sys.stderr.isatty():
+            pm = stream.pagemap()
+            progress = Progress("extract", sum(pm.data_bytes(b.index) for b in stream.ram_blocks))
+        try:
+            for line in extract(stream, args.output, force=args.force, progress=progress):
+                sys.stdout.write(line + "\n")
+        finally:
+            if progress is not None:
+                progress.close()
     return 0
 
 

@@ -148,6 +148,11 @@ class PageMap:
             m[start // ps : -(-(start + length) // ps)] = ABSENT
 
     # -- queries -------------------------------------------------------------------
+    def data_bytes(self, block: int, first: int = 0, count: int | None = None) -> int:
+        """Bytes of page data (not zero, not absent) among pages ``[first, first + count)`` of a block."""
+        m = self.maps[block][first : None if count is None else first + count]
+        return int((m >= 0).sum()) * self.page_size
+
     def present(self, block: int) -> bool:
         """Whether any page of the block came in the stream."""
         return bool((self.maps[block] != ABSENT).any())

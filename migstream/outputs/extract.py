@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
@@ -52,7 +52,9 @@ def _write_text(root: str, rel: str, text: str, force: bool) -> None:
         f.write(text)
 
 
-def _block_files(stream: Stream, root: str, force: bool) -> Iterator[tuple[str, str | None, int]]:
+def _block_files(
+    stream: Stream, root: str, force: bool, progress: Callable[[int], None] | None = None
+) -> Iterator[tuple[str, str | None, int]]:
     """Write one sparse file per RAM block; yields (block, file or None when not in the stream, size)."""
     pm = stream.pagemap()
     absent = absent_blocks(stream, pm)
@@ -70,13 +72,15 @@ def _block_files(stream: Stream, root: str, force: bool) -> Iterator[tuple[str, 
         fd = _open_inside(root, rel, force)
         try:
             os.ftruncate(fd, b.size)
-            write_block_range(pm, b.index, 0, -(-b.size // pm.page_size), fd, 0)
+            write_block_range(pm, b.index, 0, -(-b.size // pm.page_size), fd, 0, progress)
         finally:
             os.close(fd)
         yield b.name, rel, b.size
 
 
-def extract(stream: Stream, root: str, *, force: bool = False) -> Iterator[str]:
+def extract(
+    stream: Stream, root: str, *, force: bool = False, progress: Callable[[int], None] | None = None
+) -> Iterator[str]:
     """Write desc.json, state.json, the block files and index.json; yields the files written."""
     from .state_json import state_document
 
@@ -88,7 +92,7 @@ def extract(stream: Stream, root: str, *, force: bool = False) -> Iterator[str]:
         _write_text(root, "state.json", json.dumps(state, indent=2) + "\n", force)
         yield "state.json"
     index: list[dict[str, Any]] = []
-    for name, rel, size in _block_files(stream, root, force):
+    for name, rel, size in _block_files(stream, root, force, progress):
         entry: dict[str, Any] = {"block": name, "file": rel, "size": size}
         if rel is None:
             entry["note"] = "not in the stream (x-ignore-shared: the pages stay in the shared backing memory)"

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,7 +55,13 @@ def _pwritev(fd: int, bufs: list[memoryview], offset: int, total: int) -> None:
 
 
 def write_block_range(
-    pm: PageMap, block: int, first_page: int, npages: int, out_fd: int, out_offset: int
+    pm: PageMap,
+    block: int,
+    first_page: int,
+    npages: int,
+    out_fd: int,
+    out_offset: int,
+    progress: Callable[[int], None] | None = None,
 ) -> int:
     """Write pages ``[first_page, first_page + npages)`` of ``block`` at ``out_offset``; returns bytes."""
     ps = pm.page_size
@@ -76,6 +81,8 @@ def write_block_range(
                     offs = (chunk[x:y] & _OFF_MASK).tolist()
                     _write_pages(pm, int(channels[x]), offs, out_fd, out_offset + (c0 + x) * ps, staging)
                     written += len(offs) * ps
+                    if progress is not None:
+                        progress(len(offs) * ps)
     special = np.flatnonzero(m <= -3)
     for i in special.tolist():
         data = pm.special[-3 - int(m[i])]
@@ -130,6 +137,13 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> None:
         done += n
 
 
+def data_bytes(pm: PageMap, placements: Sequence[Placement]) -> int:
+    """Bytes of page data the placements will copy (for progress reports)."""
+    by_name = {b.name: b.index for b in pm.blocks}
+    ps = pm.page_size
+    return sum(pm.data_bytes(by_name[p.block], p.block_offset // ps, p.size // ps) for p in placements)
+
+
 def memory_map(stream: Stream, overrides: Mapping[str, int] | None = None) -> MemoryMap:
     blocks = [(b.name, b.size) for b in stream.ram_blocks]
     return machine_memory_map(
@@ -148,7 +162,11 @@ def create_output(path: str, force: bool) -> int:
 
 
 def write_placements(
-    pm: PageMap, placements: Sequence[Placement], out_fd: int, dest_of: Mapping[int, int] | None = None
+    pm: PageMap,
+    placements: Sequence[Placement],
+    out_fd: int,
+    dest_of: Mapping[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Copy every placed block range to its ``gpa`` in the file (or to ``dest_of[gpa]``)."""
     ps = pm.page_size
@@ -157,7 +175,7 @@ def write_placements(
         if p.block_offset % ps or p.size % ps:
             raise UsageError(f"placement of {p.block} is not page aligned")
         dest = p.gpa if dest_of is None else dest_of[p.gpa]
-        write_block_range(pm, by_name[p.block], p.block_offset // ps, p.size // ps, out_fd, dest)
+        write_block_range(pm, by_name[p.block], p.block_offset // ps, p.size // ps, out_fd, dest, progress)
 
 
 def _merged(placements: Sequence[Placement]) -> list[tuple[int, int]]:
@@ -203,16 +221,24 @@ def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
     return notes
 
 
-def _write_elf(stream: Stream, pm: PageMap, placements: Sequence[Placement], fd: int) -> None:
+def _write_elf(
+    stream: Stream,
+    pm: PageMap,
+    placements: Sequence[Placement],
+    fd: int,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Write the ELF core; returns notes for the user."""
     from .elf import build_elf_core
 
+    notes = []
     arch = stream.arch
     if arch is None:
         raise UsageError("cannot tell the guest architecture for the ELF header")
     try:
         cpus = stream.cpus()
     except MigstreamError as exc:
-        sys.stderr.write(f"migstream: note: no vCPU notes in the core: {exc}\n")
+        notes.append(f"no vCPU notes in the core: {exc}")
         cpus = []
     layout = build_elf_core(_merged(placements), cpus, arch, page_size=stream.page_size)
     layout.write_header(fd)
@@ -223,7 +249,8 @@ def _write_elf(stream: Stream, pm: PageMap, placements: Sequence[Placement], fd:
             if seg.gpa <= p.gpa < seg.gpa + seg.size:
                 dest_of[p.gpa] = seg.file_offset + (p.gpa - seg.gpa)
                 break
-    write_placements(pm, placements, fd, dest_of)
+    write_placements(pm, placements, fd, dest_of, progress)
+    return notes
 
 
 def write_memory(
@@ -234,29 +261,30 @@ def write_memory(
     overrides: Mapping[str, int] | None = None,
     print_map: bool = False,
     force: bool = False,
-) -> str:
-    """``migstream memory``: returns what to print on standard output."""
+    progress: Callable[[int], None] | None = None,
+) -> tuple[str, list[str]]:
+    """``migstream memory``: returns what to print on standard output, and notes for the user."""
     mmap_ = memory_map(stream, overrides)
     if print_map and not output:
-        return mmap_.describe() + "\n"
+        return mmap_.describe() + "\n", []
     if not output:
         raise UsageError("memory needs -o OUT (or --print-map)")
     pm = stream.pagemap()
     absent = absent_blocks(stream, pm)
     placements = [p for p in mmap_.placements if p.block not in absent]
     fd = create_output(output, force)
+    notes: list[str] = []
     try:
         if fmt == "raw":
             os.ftruncate(fd, max((p.gpa_end for p in mmap_.placements), default=0))
-            write_placements(pm, placements, fd)
+            write_placements(pm, placements, fd, progress=progress)
         else:
-            _write_elf(stream, pm, placements, fd)
+            notes += _write_elf(stream, pm, placements, fd, progress)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(output)
         raise
     os.close(fd)
-    for note in _notes(stream, pm, mmap_):
-        sys.stderr.write(f"migstream: note: {note}\n")
-    return mmap_.describe() + "\n" if print_map else ""
+    notes += _notes(stream, pm, mmap_)
+    return (mmap_.describe() + "\n" if print_map else ""), notes

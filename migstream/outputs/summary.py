@@ -138,7 +138,12 @@ def info_json(stream: Stream) -> dict[str, Any]:
     hints = version_hints(stream)
     counts = _page_counts(stream)
     return {
-        "source": {"name": stream.source.name, "container": stream.source.container, "size": p.size},
+        "source": {
+            "name": stream.source.name,
+            "container": stream.source.container,
+            "size": p.size,
+            "details": _json_safe(stream.source.details),
+        },
         "version": p.version,
         "machine": stream.machine,
         "arch": guess_arch(stream),
@@ -179,6 +184,30 @@ def info_json(stream: Stream) -> dict[str, Any]:
     }
 
 
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    return value
+
+
+def _container_line(stream: Stream) -> str | None:
+    d = stream.source.details
+    if "qcow2" in d:
+        q = d["qcow2"]
+        return f"  snapshot:      {q.get('snapshot')!r} (id {q.get('id')}) of a qcow2 image"
+    if "libvirt" in d:
+        lv = d["libvirt"]
+        return (
+            f"  libvirt image: format {lv.get('format')}, was_running={lv.get('was_running')}, "
+            f"domain XML {len(lv.get('xml') or '')} bytes"
+        )
+    return None
+
+
 def _size(n: int) -> str:
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift and n % (1 << (shift - 3)) == 0:
@@ -194,6 +223,9 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
         f"{stream.source.name}: QEMU migration stream, version {p.version}, {p.size} bytes"
         + (f" ({stream.source.container})" if stream.source.container != "raw" else "")
     )
+    container = _container_line(stream)
+    if container:
+        lines.append(container)
     cfg = p.configuration
     lines.append(
         f"  machine:       {cfg.machine if cfg else '(no configuration record)'}"
