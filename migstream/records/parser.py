@@ -408,7 +408,30 @@ class _Parser:
         desc = self.device_descs.get((sec.name, sec.instance_id))
         payload = r.pos
         state: Struct | None = None
-        if desc is not None:
+        if desc is not None and self._desc_override is not None and self.footers:
+            # A description from elsewhere may not match this stream: fall back to the footer.
+            try:
+                state = VmstateDecoder(r.context).decode_vmsd(r, desc)
+                if r.peek_u8() != RecordType.SECTION_FOOTER:
+                    raise StreamFormatError(
+                        "the given description does not account for this section's bytes",
+                        offset=r.pos,
+                        section=r.context,
+                    )
+            except MigstreamError as exc:
+                r.pos = payload
+                self._scan_to_footer(r, sec)
+                sec.decoded = False
+                state = None
+                self.diagnostics.append(
+                    Diagnostic(
+                        "warning",
+                        f"{sec.name} (instance {sec.instance_id}): the given description does not fit "
+                        f"this section ({exc.message}); skipped to its footer",
+                        start,
+                    )
+                )
+        elif desc is not None:
             try:
                 state = VmstateDecoder(r.context).decode_vmsd(r, desc)
             except NeedsSectionEnd:
@@ -427,35 +450,10 @@ class _Parser:
                         payload,
                     )
                 )
-            state.version = sec.version_id
         else:
-            if self.footers is False or (self.footers is None and not self._footer_ahead(r, sec.section_id)):
-                if self.desc is None:
-                    raise DescriptionError(
-                        "device section cannot be read without the VM description (the stream has none: "
-                        "pass one with --desc)"
-                        if self.footers is not False
-                        else "device section cannot be sized: the stream has neither a VM description nor "
-                        "section "
-                        "footers",
-                        offset=start,
-                        section=r.context,
-                    )
-                raise DescriptionError(
-                    "the VM description has no entry for this device section", offset=start, section=r.context
-                )
-            self._scan_to_footer(r, sec)
-            sec.decoded = False
-            state = decode_builtin(r.buf, sec.name, sec.version_id, payload, r.pos, str(r.context))
-            if state is not None:
-                self.diagnostics.append(
-                    Diagnostic(
-                        "note",
-                        f"{sec.name} (instance {sec.instance_id}): no description; its leading fields were "
-                        "decoded with the built-in x86-64 layout",
-                        payload,
-                    )
-                )
+            state = self._undescribed_device(r, start, sec)
+        if state is not None:
+            state.version = sec.version_id
         self.devices.append(
             DeviceState(
                 sec.section_id,
@@ -471,6 +469,43 @@ class _Parser:
                 _blob_summary(sec.name, Reader(r.buf, payload, r.pos), r.context),
             )
         )
+
+    def _undescribed_device(self, r: Reader, start: int, sec: _Section) -> Struct | None:
+        """A device section the description does not cover: find its end by its footer, and say so."""
+        sizable = self.footers or (self.footers is None and self._footer_ahead(r, sec.section_id))
+        if not sizable:
+            if self.desc is not None:
+                problem = "the VM description has no entry for this device section, and there is no footer"
+            elif self.footers is False:
+                problem = (
+                    "device section cannot be sized: the stream has neither a VM description nor footers"
+                )
+            else:
+                problem = "device section cannot be read without a VM description (pass one with --desc)"
+            raise DescriptionError(problem, offset=start, section=r.context)
+        payload = r.pos
+        self._scan_to_footer(r, sec)
+        sec.decoded = False
+        if self.desc is not None:
+            self.diagnostics.append(
+                Diagnostic(
+                    "warning",
+                    f"{sec.name} (instance {sec.instance_id}): not in the VM description; "
+                    f"{r.pos - payload} bytes skipped to its footer",
+                    start,
+                )
+            )
+        state = decode_builtin(r.buf, sec.name, sec.version_id, payload, r.pos, str(r.context))
+        if state is not None:
+            self.diagnostics.append(
+                Diagnostic(
+                    "note",
+                    f"{sec.name} (instance {sec.instance_id}): no description; its leading fields were "
+                    "decoded with the built-in x86-64 layout",
+                    payload,
+                )
+            )
+        return state
 
     def _skip_unknown(self, r: Reader, sec: _Section, type_name: str) -> dict[str, Any]:
         if self.footers is False:
