@@ -125,10 +125,14 @@ class Stream:
     def cpus(self) -> list[Any]:
         """The vCPUs' registers (``CpuState`` objects)."""
         if self._cpus is None:
-            from .decoders.cpus import cpus_from_devices
+            from .decoders.cpus import CPU_COMMON_IDSTR, CPU_IDSTR, cpus_from_devices
             from .outputs.state_json import to_plain
 
-            devs = [(d.name, d.instance_id, to_plain(d.state)) for d in self.devices if d.state is not None]
+            devs = [
+                (d.name, d.instance_id, to_plain(d.state))
+                for d in self.devices
+                if d.state is not None and d.name in (CPU_IDSTR, CPU_COMMON_IDSTR)
+            ]
             if not any(name == "cpu" for name, _i, _s in devs):
                 self.require_state()
             self._cpus = list(cpus_from_devices(devs, self.arch))
