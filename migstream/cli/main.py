@@ -51,10 +51,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from ..outputs.state_json import state_document
+    from ..outputs.state_json import flat_lines, state_document
 
     with _open(args) as stream:
         stream.require_state()
+        if args.flat:
+            for line in flat_lines(stream, device=args.device):
+                sys.stdout.write(line + "\n")
+            return 0
         print_json(
             state_document(stream, device=args.device, offsets=args.offsets),
             indent=None if args.compact else 2,
@@ -160,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--desc", metavar="FILE", help="VM description (JSON) for a stream that has none")
     sp.add_argument("--json", action="store_true", help="JSON output (the only form; accepted for symmetry)")
     sp.add_argument("--offsets", action="store_true", help="every value as {value, type, offset, size}")
+    sp.add_argument("--flat", action="store_true", help="one line per value: path, type, offset, value")
     sp.add_argument("--device", metavar="IDSTR", help="only the sections with this idstr")
     sp.add_argument("--compact", action="store_true", help="JSON on one line")
     sp.set_defaults(func=cmd_state)

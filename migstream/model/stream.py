@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..decoders.vmstate import Struct
+from ..decoders.vmstate import Leaf, Struct
 from .ram import RamBlock, RamStats, RunTable
 from .records import Configuration, Diagnostic, Record
 
@@ -30,6 +30,11 @@ class DeviceState:
     @property
     def key(self) -> str:
         return f"{self.name} ({self.section_id})"
+
+    def walk(self) -> Iterator[tuple[str, Leaf]]:
+        """Every decoded value with its full path, e.g. ``cpu[0].env.cr[3]``, and its byte offset."""
+        if self.state is not None:
+            yield from self.state.walk(f"{self.name}[{self.instance_id}]")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..decoders.vmstate import IntArray, Leaf, Struct
@@ -84,3 +85,17 @@ def state_document(stream: Stream, *, device: str | None = None, offsets: bool =
             if device is None or d.name == device
         ],
     }
+
+
+def flat_lines(stream: Stream, *, device: str | None = None) -> Iterator[str]:
+    """``cpu[0].env.cr[3]  uint64  @0x2aa4f1  0x60000010``: every value of every device, one per line."""
+    for d in stream.devices:
+        if device is not None and d.name != device:
+            continue
+        for path, leaf in d.walk():
+            value = _leaf_value(leaf, True)
+            if isinstance(value, int) and not isinstance(value, bool):
+                shown = f"{value:#x}" if value >= 0 else str(value)
+            else:
+                shown = str(value)
+            yield f"{path}\t{leaf.type}\t@{leaf.offset:#x}\t{shown}"
