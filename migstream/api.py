@@ -6,7 +6,7 @@ import builtins
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .containers import Source, open_source
 from .errors import DescriptionError, UsageError
@@ -15,6 +15,12 @@ from .model.records import Configuration, Diagnostic, Record
 from .model.stream import DeviceState, ParsedStream, SectionInfo
 from .records.parser import parse_stream
 from .wire.constants import MULTIFD_MAGIC
+
+if TYPE_CHECKING:
+    from .decoders.pagemap import PageMap
+    from .memory_io import BlockReader, PhysicalReader
+    from .model.cpu import CpuState
+    from .model.memmap import MemoryMap
 
 PathOrFile = str | os.PathLike[str] | BinaryIO
 
@@ -30,8 +36,8 @@ class Stream:
         self.source = source
         self.parsed = parsed
         self.channels = tuple(channels)
-        self._cpus: list[Any] | None = None
-        self._pagemap: Any = None
+        self._cpus: list[CpuState] | None = None
+        self._pagemap: PageMap | None = None
 
     # -- what the stream holds --------------------------------------------------
     @property
@@ -122,7 +128,7 @@ class Stream:
 
         return guess_arch(self)
 
-    def cpus(self) -> list[Any]:
+    def cpus(self) -> list[CpuState]:
         """The vCPUs' registers (``CpuState`` objects)."""
         if self._cpus is None:
             from .decoders.cpus import CPU_COMMON_IDSTR, CPU_IDSTR, cpus_from_devices
@@ -139,7 +145,7 @@ class Stream:
         return self._cpus
 
     # -- guest memory ---------------------------------------------------------------
-    def pagemap(self) -> Any:
+    def pagemap(self) -> PageMap:
         """The final source of every RAM page (resolved once, on first use)."""
         if self._pagemap is None:
             from .decoders.pagemap import PageMap
@@ -147,13 +153,13 @@ class Stream:
             self._pagemap = PageMap(self)
         return self._pagemap
 
-    def memory_map(self, overrides: Mapping[str, int] | None = None) -> Any:
+    def memory_map(self, overrides: Mapping[str, int] | None = None) -> MemoryMap:
         """How RAM blocks sit in guest-physical memory (``MemoryMap``)."""
         from .outputs.memory import memory_map
 
         return memory_map(self, overrides)
 
-    def block(self, name: str) -> Any:
+    def block(self, name: str) -> BlockReader:
         """One RAM block as a read-only, seekable file (``BlockReader``), at block offsets."""
         from .memory_io import BlockReader
 
@@ -162,7 +168,7 @@ class Stream:
                 return BlockReader(self.pagemap(), b.index)
         raise UsageError(f"no RAM block {name!r}", expected=", ".join(b.name for b in self.ram_blocks))
 
-    def physical(self, overrides: Mapping[str, int] | None = None) -> Any:
+    def physical(self, overrides: Mapping[str, int] | None = None) -> PhysicalReader:
         """Guest-physical memory as a read-only, seekable file (``PhysicalReader``): ``pread(gpa, n)``."""
         from .memory_io import PhysicalReader
 
