@@ -141,3 +141,33 @@ def test_extract_refuses_to_overwrite_and_stays_inside(tmp_path: Path) -> None:
     forced = subprocess.run([*cli, "--force"], capture_output=True, text=True, timeout=60)
     assert forced.returncode == 0, forced.stderr
     assert os.path.getsize(outdir / "pc.ram") == 1 << 20
+
+
+def test_huge_announced_block_does_not_allocate(tmp_path: Path) -> None:
+    """A block of 1 PiB with one page near its end: info works, memory says no in one line."""
+    b = StreamBuilder()
+    b.header()
+    b.configuration("pc-i440fx-10.0")
+    b.section_start(1, "ram", 0, 4)
+    b.ram_mem_size([RamBlock("pc.ram", 1 << 50)])
+    b.ram_eos()
+    b.section_part(1)
+    b.ram_page("pc.ram", (1 << 50) - 4096, b"\x33" * 4096)
+    b.ram_eos()
+    b.eof()
+    path = tmp_path / "huge.mig"
+    path.write_bytes(b.data())
+    info = subprocess.run(
+        [sys.executable, "-m", "migstream", "info", str(path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert info.returncode == 0, info.stderr
+    mem = subprocess.run(
+        [sys.executable, "-m", "migstream", "memory", str(path), "-o", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert mem.returncode != 0 and len(mem.stderr.splitlines()) == 1 and "Traceback" not in mem.stderr

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import StreamFormatError
+from ..errors import LimitError, StreamFormatError
 from ..model.ram import PageKind
 from .xbzrle import apply_xbzrle
 
@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ..api import Stream
 
 ABSENT = -1
+#: Pages indexed at the most (8 bytes each): guests of up to 4 TiB with 4 KiB pages.
+MAX_INDEXED_PAGES = 1 << 30
 ZERO = -2
 CHANNEL_SHIFT = 56
 
@@ -36,18 +38,41 @@ class PageMap:
         ram = stream.parsed.ram
         self.page_size = ram.page_size
         self.blocks = ram.blocks
-        self.maps = [np.full(-(-b.size // self.page_size), ABSENT, dtype=np.int64) for b in ram.blocks]
+        self.maps = [np.full(n, ABSENT, dtype=np.int64) for n in self._index_lengths()]
         self.special: list[bytes] = []
         self.warnings: list[str] = []
         self._fill_pages: dict[int, int] = {}
         self._resolve()
+
+    def _index_lengths(self) -> list[int]:
+        """Pages to index per block: up to the last page any record names (the rest was never sent)."""
+        runs = self.stream.parsed.ram.runs
+        ends = [0] * len(self.blocks)
+        if len(runs):
+            block = np.frombuffer(runs.block, dtype=np.int64)
+            last = np.frombuffer(runs.addr, dtype=np.int64) // self.page_size + np.frombuffer(
+                runs.count, dtype=np.int64
+            )
+            for bi in range(len(self.blocks)):
+                mine = last[block == bi]
+                if len(mine):
+                    ends[bi] = int(mine.max())
+        lengths = [min(e, -(-b.size // self.page_size)) for e, b in zip(ends, self.blocks)]
+        if sum(lengths) > MAX_INDEXED_PAGES:
+            raise LimitError(
+                "too much guest RAM named in the stream to index its pages",
+                expected=f"<= {MAX_INDEXED_PAGES} pages",
+                found=sum(lengths),
+            )
+        return lengths
 
     # -- page bytes ------------------------------------------------------------
     def channel_buffer(self, channel: int) -> memoryview:
         return self.stream.source.buffer if channel == 0 else self.stream.channels[channel - 1].buffer
 
     def page_bytes(self, block: int, page: int) -> bytes:
-        v = int(self.maps[block][page])
+        m = self.maps[block]
+        v = int(m[page]) if page < len(m) else ABSENT
         ps = self.page_size
         if v >= 0:
             ch, off = v >> CHANNEL_SHIFT, v & ((1 << CHANNEL_SHIFT) - 1)
