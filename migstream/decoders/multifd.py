@@ -8,10 +8,14 @@ the channel number, ordered by the packets' global sequence numbers.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import zlib
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..containers.source import Source
 from ..errors import StreamFormatError, UnsupportedError
 from ..model.ram import PageKind
 from ..wire import constants as c
@@ -41,6 +45,7 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
     r.pos = c.MULTIFD_INITIAL_PACKET_SIZE
     r.need(0, "the initial packet")
     out = []
+    inflater: _Inflater | None = None
     while r.remaining:
         start = r.pos
         r.need(c.MULTIFD_PACKET_HEADER_SIZE, "a multifd packet header")
@@ -59,13 +64,7 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
             raise UnsupportedError(
                 "multifd device-state packets are not read yet", offset=start, section=r.context
             )
-        if flags & c.MULTIFD_FLAG_COMPRESSION_MASK:
-            raise UnsupportedError(
-                "compressed multifd channels are not read yet",
-                offset=start,
-                section=r.context,
-                found=f"method {(flags & c.MULTIFD_FLAG_COMPRESSION_MASK) >> 1}",
-            )
+        method = (flags & c.MULTIFD_FLAG_COMPRESSION_MASK) >> 1
         r.be32("pages_alloc")
         normal = r.be32("normal_pages")
         next_size = r.be32("next_packet_size")
@@ -84,6 +83,35 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
         r.need(header - c.MULTIFD_PACKET_HEADER_SIZE, "the packet's page offsets")
         offs = np.frombuffer(src.buffer, dtype=">u8", count=slots, offset=r.pos)
         r.pos = start + header
+        if method and inflater is None:
+            inflater = _Inflater(method, f"{src.name} (inflated)", start, r.context)
+        elif method and inflater is not None and inflater.method != method:
+            raise StreamFormatError(
+                "multifd packets of one channel use different compression",
+                offset=start,
+                section=r.context,
+                expected=inflater.method,
+                found=method,
+            )
+        if method:
+            # Compressed payload: one continuous stream per channel; this packet's part
+            # inflates to exactly its pages.
+            assert inflater is not None
+            r.need(next_size, "the packet's compressed pages")
+            payload = inflater.feed(r.buf[r.pos : r.pos + next_size], normal * ps, start)
+            r.pos += next_size
+            if normal or zero:
+                out.append(
+                    (
+                        num,
+                        channel,
+                        block,
+                        offs[:normal].astype(np.int64),
+                        offs[normal : normal + zero].astype(np.int64),
+                        payload,
+                    )
+                )
+            continue
         # Uncompressed payload: exactly the listed pages.  (Older sources leave a
         # stale size in packets that carry no page.)
         if normal and next_size != normal * ps:
@@ -108,7 +136,82 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
                     payload,
                 )
             )
+    if inflater is not None:
+        # From now on this channel's pages are read from the inflated copy.
+        channels = list(stream.channels)
+        channels[channel - 1] = inflater.finish()
+        src.close()
+        stream.channels = tuple(channels)
     return out
+
+
+#: Compression methods of multifd packets (flag bits 1-5, shifted down).
+MULTIFD_COMPRESSION_NAMES = {1: "zlib", 2: "zstd", 4: "qpl", 8: "uadk", 16: "qatzip"}
+_FEED = 4096  # compressed bytes fed at a time, so that no packet can inflate far beyond its pages
+
+
+class _Inflater:
+    """Inflates one channel's continuous zlib/zstd stream into an unlinked temporary file."""
+
+    def __init__(self, method: int, name: str, offset: int, context: str | None) -> None:
+        self.method = method
+        self.name = name
+        self.context = context
+        kind = MULTIFD_COMPRESSION_NAMES.get(method, f"method {method}")
+        self._errors: tuple[type[Exception], ...] = (zlib.error,)
+        if method == 1:
+            self._zlib = zlib.decompressobj()
+        elif method == 2:
+            import zstandard
+
+            self._zstd = zstandard.ZstdDecompressor().decompressobj()
+            self._errors = (zstandard.ZstdError,)
+        else:
+            raise UnsupportedError(f"multifd {kind} compression is not read", offset=offset, section=context)
+        self.kind = kind
+        fd, path = tempfile.mkstemp(prefix="migstream-multifd-")
+        os.unlink(path)
+        self.fd = fd
+        self.size = 0
+
+    def _inflate(self, data: bytes, room: int) -> bytes:
+        if self.method == 1:
+            out = self._zlib.decompress(data, room + 1)
+            if self._zlib.unconsumed_tail:
+                return out + b"\0"  # more than the room: reported by the caller
+            return out
+        return bytes(self._zstd.decompress(data))
+
+    def feed(self, data: memoryview, expected: int, offset: int) -> int:
+        """Inflate one packet's payload; returns where its pages start in the inflated copy."""
+        start = self.size
+        produced = bytearray()
+        try:
+            for pos in range(0, len(data), _FEED):
+                produced += self._inflate(bytes(data[pos : pos + _FEED]), expected - len(produced))
+                if len(produced) > expected:
+                    break
+        except self._errors as exc:
+            raise StreamFormatError(
+                f"multifd {self.kind} data does not inflate: {exc}", offset=offset, section=self.context
+            ) from None
+        if len(produced) != expected:
+            raise StreamFormatError(
+                f"multifd {self.kind} packet inflates to the wrong size",
+                offset=offset,
+                section=self.context,
+                expected=expected,
+                found=len(produced),
+            )
+        view = memoryview(produced)
+        while view:
+            n = os.pwrite(self.fd, view, self.size)
+            view = view[n:]
+            self.size += n
+        return start
+
+    def finish(self) -> Source:
+        return Source(self.name, self.fd, 0, self.size, container=f"multifd-{self.kind}")
 
 
 def index_channels(stream: Stream) -> None:

@@ -198,6 +198,9 @@ def absent_blocks(stream: Stream, pm: PageMap) -> set[str]:
 
 def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
     notes = list(pm.warnings)
+    hint = multifd_hint(stream)
+    if hint:
+        notes.append(hint)
     for b in stream.ram_blocks:
         if mmap_.placements_of(b.name) and not pm.present(b.index):
             if stream.parsed.ram.ignore_shared:
@@ -205,20 +208,27 @@ def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
                     f"RAM block {b.name} is not in the stream (x-ignore-shared: its pages stay in the "
                     "shared backing file); its range is left empty"
                 )
-            else:
-                notes.append(
-                    f"RAM block {b.name}: no page of it is in the stream"
-                    + (
-                        " (a multifd migration: pass the channel captures after the stream)"
-                        if not stream.channels
-                        else ""
-                    )
-                )
+            elif not hint:
+                notes.append(f"RAM block {b.name}: no page of it is in the stream")
     if mmap_.unplaced:
         notes.append(
             "not placed (no fixed guest-physical address; use --map BLOCK=GPA): " + ", ".join(mmap_.unplaced)
         )
     return notes
+
+
+def multifd_hint(stream: Stream) -> str | None:
+    """A warning when the page data evidently travelled on multifd channels that were not given."""
+    if stream.channels or stream.parsed.ram.ignore_shared or not stream.ram_blocks:
+        return None
+    s = stream.parsed.ram.stats
+    if s.pages or s.xbzrle or s.compressed or s.mapped:
+        return None
+    return (
+        "the stream carries no page data, only zero pages and control records: a multifd migration, "
+        "whose pages travelled on the multifd channels; give the channel captures after the stream "
+        "(MAIN CHANNEL1 CHANNEL2 ...), or guest memory reads as zeros"
+    )
 
 
 def _write_elf(

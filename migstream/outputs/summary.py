@@ -281,6 +281,12 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
     )
     if stream.channels:
         lines.append(f"  multifd channels: {', '.join(c.name for c in stream.channels)}")
+    else:
+        from .memory import multifd_hint
+
+        hint = multifd_hint(stream)
+        if hint:
+            lines.append(f"  note: {hint}")
     cmds = [r for r in p.records if r.command]
     if cmds:
         lines.append("")
