@@ -30,6 +30,26 @@ ZERO = -2
 CHANNEL_SHIFT = 56
 
 
+def inflate_page(data: bytes, page_size: int, offset: int) -> bytes:
+    """A COMPRESS_PAGE record's zlib data, inflated to exactly one page."""
+    d = zlib.decompressobj()
+    try:
+        page = d.decompress(data, page_size + 1)
+    except zlib.error as exc:
+        raise StreamFormatError(
+            f"compressed page does not inflate: {exc}", offset=offset, section="ram"
+        ) from None
+    if len(page) != page_size:
+        raise StreamFormatError(
+            "compressed page does not inflate to one page",
+            offset=offset,
+            section="ram",
+            expected=page_size,
+            found=len(page),
+        )
+    return page
+
+
 class PageMap:
     """Final page sources of every block of a stream."""
 
@@ -136,22 +156,9 @@ class PageMap:
                 target[0] = self._special(bytes(page))
             elif kind == PageKind.COMPRESS:
                 data_at = runs.offset[i] + runs.skip[i]
-                d = zlib.decompressobj()
-                try:
-                    inflated = d.decompress(bytes(buf[data_at : data_at + runs.aux[i]]), ps + 1)
-                except zlib.error as exc:
-                    raise StreamFormatError(
-                        f"compressed page does not inflate: {exc}", offset=data_at, section="ram"
-                    ) from None
-                if len(inflated) != ps:
-                    raise StreamFormatError(
-                        "compressed page does not inflate to one page",
-                        offset=data_at,
-                        section="ram",
-                        expected=ps,
-                        found=len(inflated),
-                    )
-                target[0] = self._special(inflated)
+                target[0] = self._special(
+                    inflate_page(bytes(buf[data_at : data_at + runs.aux[i]]), ps, data_at)
+                )
         while di < len(discards):
             self._discard(*discards[di][1:])
             di += 1

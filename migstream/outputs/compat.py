@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..api import Stream
+from ..decoders.pagemap import inflate_page
 from ..decoders.vmstate import IntArray, Leaf, Struct
 from ..model.ram import PageKind
 
@@ -63,6 +64,12 @@ def _memory_entries(stream: Stream) -> Iterator[tuple[str, str]]:
             elif run.kind in (PageKind.PAGE, PageKind.MAPPED):
                 start = run.stream_offset + k * run.stride + run.data_skip
                 yield key, bytes(buf[start : start + ps]).hex(" ")
+            elif run.kind == PageKind.COMPRESS:
+                start = run.stream_offset + run.data_skip
+                yield key, inflate_page(bytes(buf[start : start + run.aux]), ps, start).hex(" ")
+            elif run.kind == PageKind.XBZRLE:
+                start = run.stream_offset + run.data_skip
+                yield key, "XBZRLE delta " + bytes(buf[start : start + run.aux]).hex(" ")
 
 
 def render_state(stream: Stream, memory: bool = False) -> dict[str, Any]:
