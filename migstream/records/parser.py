@@ -363,13 +363,7 @@ class _Parser:
             self._device(r, start, sec, depth)
         else:
             decoder = live_decoder(name)
-            if decoder is None:
-                summary = self._skip_unknown(r, sec, type_name)
-            else:
-                try:
-                    summary = decoder(r, type_name)
-                except MigstreamError:
-                    raise
+            summary = self._skip_unknown(r, sec, type_name) if decoder is None else decoder(r, type_name)
             sec.summaries.append((type_name, start, summary))
         footer = self._footer(r, sid)
         self.records.append(
