@@ -42,7 +42,7 @@ _SECTION_TYPE_NAMES = {
 MAX_MACHINE_NAME = 256
 #: Most capabilities accepted in the configuration.
 MAX_CAPABILITIES = 256
-#: Most POSTCOPY_RAM_DISCARD ranges accepted in one command (the payload length bounds it anyway).
+#: What a section idstr looks like (for telling a real footer from look-alike bytes).
 _PRINTABLE_IDSTR = re.compile(rb"[\x20-\x7e]+")
 
 
