@@ -18,6 +18,7 @@ import numpy as np
 from ..decoders.pagemap import CHANNEL_SHIFT, PageMap
 from ..errors import MigstreamError, UsageError
 from ..model.memmap import MemoryMap, Placement, machine_memory_map
+from .summary import multifd_hint
 
 if TYPE_CHECKING:
     from ..api import Stream
@@ -215,20 +216,6 @@ def _notes(stream: Stream, pm: PageMap, mmap_: MemoryMap) -> list[str]:
             "not placed (no fixed guest-physical address; use --map BLOCK=GPA): " + ", ".join(mmap_.unplaced)
         )
     return notes
-
-
-def multifd_hint(stream: Stream) -> str | None:
-    """A warning when the page data evidently travelled on multifd channels that were not given."""
-    if stream.channels or stream.parsed.ram.ignore_shared or not stream.ram_blocks:
-        return None
-    s = stream.parsed.ram.stats
-    if s.pages or s.xbzrle or s.compressed or s.mapped:
-        return None
-    return (
-        "the stream carries no page data, only zero pages and control records: a multifd migration, "
-        "whose pages travelled on the multifd channels; give the channel captures after the stream "
-        "(MAIN CHANNEL1 CHANNEL2 ...), or guest memory reads as zeros"
-    )
 
 
 def _write_elf(

@@ -133,6 +133,20 @@ def _page_counts(stream: Stream) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in counts.items()}
 
 
+def multifd_hint(stream: Stream) -> str | None:
+    """A warning when the page data evidently travelled on multifd channels that were not given."""
+    if stream.channels or stream.parsed.ram.ignore_shared or not stream.ram_blocks:
+        return None
+    s = stream.parsed.ram.stats
+    if s.pages or s.xbzrle or s.compressed or s.mapped:
+        return None
+    return (
+        "the stream carries no page data, only zero pages and control records: a multifd migration, "
+        "whose pages travelled on the multifd channels; give the channel captures after the stream "
+        "(MAIN CHANNEL1 CHANNEL2 ...), or guest memory reads as zeros"
+    )
+
+
 def info_json(stream: Stream) -> dict[str, Any]:
     p = stream.parsed
     hints = version_hints(stream)
@@ -282,8 +296,6 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
     if stream.channels:
         lines.append(f"  multifd channels: {', '.join(c.name for c in stream.channels)}")
     else:
-        from .memory import multifd_hint
-
         hint = multifd_hint(stream)
         if hint:
             lines.append(f"  note: {hint}")
