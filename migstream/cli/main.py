@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("state", help="decoded device state as typed JSON")
     common(sp)
     sp.add_argument("--desc", metavar="FILE", help="VM description (JSON) for a stream that has none")
-    sp.add_argument("--json", action="store_true", help="JSON output (the only form; accepted for symmetry)")
+    sp.add_argument("--json", action="store_true", help="JSON output (the default; --flat gives lines)")
     sp.add_argument("--offsets", action="store_true", help="every value as {value, type, offset, size}")
     sp.add_argument("--flat", action="store_true", help="one line per value: path, type, offset, value")
     sp.add_argument("--device", metavar="IDSTR", help="only the sections with this idstr")

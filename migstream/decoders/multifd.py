@@ -100,42 +100,24 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
             r.need(next_size, "the packet's compressed pages")
             payload = inflater.feed(r.buf[r.pos : r.pos + next_size], normal * ps, start)
             r.pos += next_size
-            if normal or zero:
-                out.append(
-                    (
-                        num,
-                        channel,
-                        block,
-                        offs[:normal].astype(np.int64),
-                        offs[normal : normal + zero].astype(np.int64),
-                        payload,
-                    )
+        else:
+            # Uncompressed payload: exactly the listed pages.  (Older sources leave a
+            # stale size in packets that carry no page.)
+            if normal and next_size != normal * ps:
+                raise StreamFormatError(
+                    "multifd payload size does not match its page count",
+                    offset=start,
+                    section=r.context,
+                    expected=normal * ps,
+                    found=next_size,
                 )
-            continue
-        # Uncompressed payload: exactly the listed pages.  (Older sources leave a
-        # stale size in packets that carry no page.)
-        if normal and next_size != normal * ps:
-            raise StreamFormatError(
-                "multifd payload size does not match its page count",
-                offset=start,
-                section=r.context,
-                expected=normal * ps,
-                found=next_size,
-            )
-        r.need(normal * ps, "the packet's pages")
-        payload = r.pos
-        r.pos += normal * ps
+            r.need(normal * ps, "the packet's pages")
+            payload = r.pos
+            r.pos += normal * ps
         if normal or zero:
-            out.append(
-                (
-                    num,
-                    channel,
-                    block,
-                    offs[:normal].astype(np.int64),
-                    offs[normal : normal + zero].astype(np.int64),
-                    payload,
-                )
-            )
+            pages = offs[:normal].astype(np.int64)
+            zeros = offs[normal : normal + zero].astype(np.int64)
+            out.append((num, channel, block, pages, zeros, payload))
     if inflater is not None:
         # From now on this channel's pages are read from the inflated copy.
         channels = list(stream.channels)
