@@ -141,7 +141,7 @@ def multifd_hint(stream: Stream) -> str | None:
     if s.pages or s.xbzrle or s.compressed or s.mapped:
         return None
     return (
-        "the stream carries no page data, only zero pages and control records: a multifd migration, "
+        "the main stream carries no page data (at most zero pages): a multifd migration, "
         "whose pages travelled on the multifd channels; give the channel captures after the stream "
         "(MAIN CHANNEL1 CHANNEL2 ...), or guest memory reads as zeros"
     )
@@ -194,7 +194,8 @@ def info_json(stream: Stream) -> dict[str, Any]:
             for s in p.live_sections
         ],
         "channels": [{"name": c.name, "size": c.size} for c in stream.channels],
-        "diagnostics": [d.to_json() for d in p.diagnostics],
+        "diagnostics": [d.to_json() for d in p.diagnostics]
+        + ([{"level": "warning", "message": hint}] if (hint := multifd_hint(stream)) else []),
     }
 
 
