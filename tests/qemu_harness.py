@@ -563,6 +563,23 @@ class QemuGuest:
         _wait_file_stable(out, deadline=time.monotonic() + 30)
         return MigrationResult(out, out.stat().st_size, seconds, info, self.status())
 
+    def migrate_uri(self, uri: str, timeout: float = 120.0, poll: float = 0.05) -> dict[str, Any]:
+        """``migrate`` to any URI (``file:``, ``tcp:`` ...) and wait for completion; returns query-migrate."""
+        self.qmp("migrate", {"uri": uri})
+        deadline = time.monotonic() + timeout
+        while True:
+            info: dict[str, Any] = self.qmp("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return info
+            if status in ("failed", "cancelled"):
+                raise QemuError(f"migration {status}: {info.get('error-desc', '')} {self.log()}")
+            if time.monotonic() > deadline:
+                with contextlib.suppress(QemuError):
+                    self.qmp("migrate_cancel")
+                raise QemuError(f"migration did not complete in {timeout}s (status {status})")
+            time.sleep(poll)
+
 
 def _shell_quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -69,12 +68,7 @@ def _record(binary: str, compression: str, where: Path) -> list[Path]:
         with QemuGuest(binary=binary, blob_dir=where, memory="128M", blobs=BLOBS) as guest:
             guest.set_capabilities({"multifd": True})
             guest.set_parameters({"multifd-channels": 2, "multifd-compression": compression})
-            guest.qmp("migrate", {"uri": f"tcp:127.0.0.1:{sink.port}"})
-            deadline = time.monotonic() + 60
-            while (status := guest.qmp("query-migrate").get("status")) not in ("completed", "failed"):
-                assert time.monotonic() < deadline, "migration did not finish"
-                time.sleep(0.05)
-            assert status == "completed", guest.qmp("query-migrate")
+            guest.migrate_uri(f"tcp:127.0.0.1:{sink.port}", timeout=60)
             guest.quit()
     finally:
         sink.close()

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,7 @@ def _migrate(
             guest.set_capabilities(caps)
         if params:
             guest.set_parameters(params)
-        guest.qmp("migrate", {"uri": uri.format(out=out)})
-        deadline = time.monotonic() + 120
-        while (status := guest.qmp("query-migrate").get("status")) not in ("completed", "failed"):
-            assert time.monotonic() < deadline, "migration did not finish"
-            time.sleep(0.05)
-        assert status == "completed", guest.qmp("query-migrate")
+        guest.migrate_uri(uri.format(out=out))
         guest.quit()
     return out
 

@@ -135,6 +135,17 @@ def add_devices(b: StreamBuilder, first_id: int = 10) -> None:
     b.device(first_id + 1, "queue", 1, QUEUE_DESC, {"head": 5, "tail": 6})
 
 
+def finish(b: StreamBuilder, ram_section: int = 1) -> StreamBuilder:
+    """The usual end of a precopy stream: switchover, an empty RAM END, the devices, EOF, description."""
+    b.switchover_start()
+    b.section_end(ram_section)
+    b.ram_eos()
+    add_devices(b)
+    b.eof()
+    b.vmdescription()
+    return b
+
+
 def precopy_stream(
     *,
     footers: bool = True,
@@ -296,13 +307,7 @@ def multifd_flush_stream() -> StreamBuilder:
     b.section_part(1)
     b.ram_multifd_flush()
     b.ram_eos()
-    b.switchover_start()
-    b.section_end(1)
-    b.ram_eos()
-    add_devices(b)
-    b.eof()
-    b.vmdescription()
-    return b
+    return finish(b)
 
 
 def mapped_ram_stream(alignment: int = PS) -> StreamBuilder:
@@ -317,13 +322,7 @@ def mapped_ram_stream(alignment: int = PS) -> StreamBuilder:
     b.mapped_ram_page("pc.bios", PS, pg(52))
     b.section_part(1)
     b.ram_eos()
-    b.switchover_start()
-    b.section_end(1)
-    b.ram_eos()
-    add_devices(b)
-    b.eof()
-    b.vmdescription()
-    return b
+    return finish(b)
 
 
 def ignore_shared_stream() -> StreamBuilder:
@@ -339,13 +338,7 @@ def ignore_shared_stream() -> StreamBuilder:
     b.section_part(1)
     b.ram_page("pc.bios", 0, pg(60))  # pc.ram is shared: never sent
     b.ram_eos()
-    b.switchover_start()
-    b.section_end(1)
-    b.ram_eos()
-    add_devices(b)
-    b.eof()
-    b.vmdescription()
-    return b
+    return finish(b)
 
 
 def hugepage_postcopy_stream() -> StreamBuilder:
@@ -362,13 +355,7 @@ def hugepage_postcopy_stream() -> StreamBuilder:
     b.ram_page("pc.ram", 0x200000, pg(70))
     b.ram_page("pc.bios", 0, pg(71))
     b.ram_eos()
-    b.switchover_start()
-    b.section_end(1)
-    b.ram_eos()
-    add_devices(b)
-    b.eof()
-    b.vmdescription()
-    return b
+    return finish(b)
 
 
 def special_sections_stream() -> StreamBuilder:
