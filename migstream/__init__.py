@@ -5,8 +5,8 @@
 ...     print(s.machine, [b.name for b in s.ram_blocks])
 """
 
-from .api import Stream, load_description, open
-from .errors import (
+from migstream.api import Stream, load_description, open
+from migstream.errors import (
     ContainerError,
     DescriptionError,
     LimitError,

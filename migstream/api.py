@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .containers import Source, open_source
-from .errors import DescriptionError, UsageError
-from .model.ram import RamBlock
-from .model.records import Configuration, Diagnostic, Record
-from .model.stream import DeviceState, ParsedStream, SectionInfo
-from .records.parser import parse_stream
-from .wire.constants import MULTIFD_MAGIC
+from migstream.arch import detect_arch
+from migstream.arch.x86_64_builtin import BUILTIN_NOTE, decode_builtin
+from migstream.containers import Source, open_source
+from migstream.errors import DescriptionError, TruncatedError, UsageError
+from migstream.ram.model import RamBlock
+from migstream.stream.model import DeviceState, ParsedStream, SectionInfo
+from migstream.stream.parser import parse_stream
+from migstream.stream.records import Configuration, Diagnostic, Record
+from migstream.vmstate.values import to_plain
+from migstream.wire.constants import MULTIFD_MAGIC
 
 if TYPE_CHECKING:
-    from .decoders.pagemap import PageMap
-    from .memory_io import BlockReader, PhysicalReader
-    from .model.cpu import CpuState
-    from .model.memmap import MemoryMap
+    from migstream.arch.model import CpuState
+    from migstream.ram.layout import MemoryMap
+    from migstream.ram.pagemap import PageMap
+    from migstream.ram.readers import BlockReader, PhysicalReader
 
 PathOrFile = str | os.PathLike[str] | BinaryIO
 
@@ -34,7 +38,7 @@ class Stream:
 
     def __init__(self, source: Source, parsed: ParsedStream, channels: Sequence[Source] = ()) -> None:
         self.source = source
-        self.parsed = parsed
+        self.parsed = _with_builtin_layouts(parsed, source.buffer)
         self.channels = tuple(channels)
         self._cpus: list[CpuState] | None = None
         self._pagemap: PageMap | None = None
@@ -63,6 +67,11 @@ class Stream:
     @property
     def diagnostics(self) -> tuple[Diagnostic, ...]:
         return self.parsed.diagnostics
+
+    @property
+    def truncated(self) -> TruncatedError | None:
+        """Why and where the stream ends early, when it does; everything before that offset was read."""
+        return self.parsed.truncated
 
     @property
     def vmdesc(self) -> Mapping[str, Any] | None:
@@ -124,15 +133,18 @@ class Stream:
 
     @property
     def arch(self) -> str | None:
-        from .outputs.summary import guess_arch
-
-        return guess_arch(self)
+        """The guest architecture (``x86_64``, ``aarch64``, ``ppc64``, ``s390x``), or None if unknown."""
+        p = self.parsed
+        return detect_arch(
+            self.machine,
+            [b.name for b in self.ram_blocks],
+            [*(d.name for d in self.devices), *p.section_names.values()],
+        )
 
     def cpus(self) -> list[CpuState]:
         """The vCPUs' registers (``CpuState`` objects)."""
         if self._cpus is None:
-            from .decoders.cpus import CPU_COMMON_IDSTR, CPU_IDSTR, cpus_from_devices
-            from .outputs.state_json import to_plain
+            from migstream.arch.registers import CPU_COMMON_IDSTR, CPU_IDSTR, cpus_from_devices
 
             devs = [
                 (d.name, d.instance_id, to_plain(d.state))
@@ -148,20 +160,28 @@ class Stream:
     def pagemap(self) -> PageMap:
         """The final source of every RAM page (resolved once, on first use)."""
         if self._pagemap is None:
-            from .decoders.pagemap import PageMap
+            from migstream.ram.pagemap import PageMap
 
-            self._pagemap = PageMap(self)
+            discards = [
+                (rec.offset, str(rec.details.get("block")), rec.details.get("ranges", []))
+                for rec in self.parsed.records
+                if rec.command == "POSTCOPY_RAM_DISCARD"
+            ]
+            self._pagemap = PageMap(self.parsed.ram, (self.source, *self.channels), discards)
         return self._pagemap
 
     def memory_map(self, overrides: Mapping[str, int] | None = None) -> MemoryMap:
         """How RAM blocks sit in guest-physical memory (``MemoryMap``)."""
-        from .outputs.memory import memory_map
+        from migstream.ram.layout import machine_memory_map
 
-        return memory_map(self, overrides)
+        blocks = [(b.name, b.size) for b in self.ram_blocks]
+        return machine_memory_map(
+            blocks, machine=self.machine, arch=self.arch, overrides=dict(overrides or {})
+        )
 
     def block(self, name: str) -> BlockReader:
         """One RAM block as a read-only, seekable file (``BlockReader``), at block offsets."""
-        from .memory_io import BlockReader
+        from migstream.ram.readers import BlockReader
 
         for b in self.ram_blocks:
             if b.name == name:
@@ -170,7 +190,7 @@ class Stream:
 
     def physical(self, overrides: Mapping[str, int] | None = None) -> PhysicalReader:
         """Guest-physical memory as a read-only, seekable file (``PhysicalReader``): ``pread(gpa, n)``."""
-        from .memory_io import PhysicalReader
+        from migstream.ram.readers import PhysicalReader
 
         return PhysicalReader(self.pagemap(), self.memory_map(overrides))
 
@@ -225,12 +245,11 @@ def open(  # noqa: A001 - the natural name for the entry point
         parsed = parse_stream(source.buffer, desc)
         for channel in channels:
             opened.append(open_source(channel, magic=MULTIFD_MAGIC.to_bytes(4, "big")))
-        stream = Stream(source, parsed, opened)
         if opened:
-            from .decoders.multifd import index_channels
+            from migstream.ram.multifd import index_channels
 
-            index_channels(stream)
-        return stream
+            opened[:] = index_channels(parsed.ram, opened)
+        return Stream(source, parsed, opened)
     except BaseException:
         source.close()
         for src in opened:
@@ -240,3 +259,27 @@ def open(  # noqa: A001 - the natural name for the entry point
 
 def _open(target: PathOrFile, snapshot: str | None) -> Source:
     return open_source(target, snapshot=snapshot)
+
+
+def _with_builtin_layouts(parsed: ParsedStream, buf: memoryview) -> ParsedStream:
+    """Decode the leading fields of undescribed sections that have a built-in layout (x86-64 CPUs)."""
+    devices = list(parsed.devices)
+    notes = []
+    for i, dev in enumerate(devices):
+        if dev.state is not None or dev.payload_size == 0:
+            continue
+        end = dev.payload_offset + dev.payload_size
+        state = decode_builtin(
+            buf, dev.name, dev.version_id, dev.payload_offset, end, f"{dev.name!r} (id {dev.section_id})"
+        )
+        if state is not None:
+            state.version = dev.version_id
+            devices[i] = dataclasses.replace(dev, state=state)
+            notes.append(
+                Diagnostic(
+                    "note", f"{dev.name} (instance {dev.instance_id}): {BUILTIN_NOTE}", dev.payload_offset
+                )
+            )
+    if not notes:
+        return parsed
+    return dataclasses.replace(parsed, devices=tuple(devices), diagnostics=(*parsed.diagnostics, *notes))

@@ -2,7 +2,7 @@
 
 import sys
 
-from .cli.compat import main
+from migstream.cli.analyze_migration import main
 
 if __name__ == "__main__":
     sys.exit(main())

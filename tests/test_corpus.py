@@ -15,7 +15,7 @@ import pytest
 from conftest import CORPUS, CorpusCache, corpus_streams
 
 import migstream
-from migstream.outputs.compat import render_state
+from migstream.outputs.analyze_migration import render_state
 
 STREAMS = {s["id"]: s for s in corpus_streams()}
 IDS = sorted(STREAMS)

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from migstream.decoders.cpus import cpus_from_devices, decode_cpu, detect_arch
+from migstream.arch.model import CpuState
+from migstream.arch.registers import cpus_from_devices, decode_cpu, detect_arch
+from migstream.arch.text import format_cpus
 from migstream.errors import MigstreamError, StreamFormatError, UnsupportedError
-from migstream.model.cpu import CpuState
-from migstream.outputs.cpus_text import format_cpus
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
 
@@ -77,7 +77,7 @@ def _decoded_by_migstream(stream_dir: Path) -> Devices | None:
     import tempfile
 
     import migstream.api
-    from migstream.outputs.state_json import to_plain
+    from migstream.vmstate.values import to_plain
 
     with tempfile.NamedTemporaryFile(suffix=".mig") as tmp:
         with lzma.open(stream_dir / "stream.mig.xz") as src:

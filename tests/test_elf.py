@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from migstream.arch.model import CpuState
 from migstream.errors import UsageError
-from migstream.model.cpu import CpuState
 from migstream.outputs.elf import (
     EM_AARCH64,
     EM_PPC64,

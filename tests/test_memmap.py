@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from migstream.errors import UsageError
-from migstream.model.memmap import (
+from migstream.ram.layout import (
     FOUR_GIB,
     GiB,
     MemoryMap,

@@ -13,11 +13,11 @@ import pytest
 from builder import RamBlock, StreamBuilder
 
 import migstream
-from migstream.decoders.special import decode_skeys, decode_todclock
-from migstream.decoders.xbzrle import apply_xbzrle
 from migstream.errors import LimitError, StreamFormatError
 from migstream.outputs.extract import safe_relpath
-from migstream.records.vmdesc import locate_vmdesc
+from migstream.ram.xbzrle import apply_xbzrle
+from migstream.sections.s390_keys_tod import decode_skeys, decode_todclock
+from migstream.stream.vmdesc import locate_vmdesc
 from migstream.wire.reader import Reader
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import MigstreamError
+from migstream.errors import MigstreamError
 
 
 def one_line(text: str) -> str:

@@ -6,12 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .. import __version__  # noqa: F401
-from ..api import Stream
-from ..api import open as open_stream
-from ..errors import UsageError
-from .common import print_json, run_guarded
-from .progress import Progress
+from migstream import __version__  # noqa: F401
+from migstream.api import Stream
+from migstream.api import open as open_stream
+from migstream.cli.common import print_json, run_guarded
+from migstream.cli.progress import Progress
+from migstream.errors import UsageError
 
 PROG = "migstream"
 
@@ -40,7 +40,7 @@ def _open(args: argparse.Namespace, inputs: Sequence[str] | None = None) -> Stre
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..outputs.summary import info_json, info_text
+    from migstream.outputs.info import info_json, info_text
 
     with _open(args, args.inputs) as stream:
         if args.json:
@@ -51,7 +51,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from ..outputs.state_json import flat_lines, state_document
+    from migstream.outputs.state_json import flat_lines, state_document
 
     with _open(args) as stream:
         stream.require_state()
@@ -80,14 +80,14 @@ def cmd_cpus(args: argparse.Namespace) -> int:
         if args.json:
             print_json([c.to_json() for c in cpus])
         else:
-            from ..outputs.cpus_text import format_cpus
+            from migstream.arch.text import format_cpus
 
             sys.stdout.write(format_cpus(cpus))
     return 0
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
-    from ..outputs.memory import data_bytes, write_memory
+    from migstream.outputs.memory import data_bytes, write_memory
 
     with _open(args, args.inputs) as stream:
         progress = None
@@ -115,7 +115,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from ..outputs.extract import extract
+    from migstream.outputs.extract import extract
 
     with _open(args, args.inputs) as stream:
         progress = None

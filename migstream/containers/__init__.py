@@ -27,10 +27,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ..errors import ContainerError, MigstreamError, UsageError
-from . import libvirt
-from ._io import DEFAULT_MAX_SIZE, copy_capped, file_size, new_temp_fd, pread_upto
-from .magic import (
+from migstream.containers import libvirt
+from migstream.containers._io import DEFAULT_MAX_SIZE, copy_capped, file_size, new_temp_fd, pread_upto
+from migstream.containers.magic import (
     COMPRESSIONS,
     KIND_LIBVIRT,
     KIND_LIBVIRT_PARTIAL,
@@ -40,7 +39,8 @@ from .magic import (
     show_magic,
     sniff,
 )
-from .source import Source
+from migstream.containers.source import Source
+from migstream.errors import ContainerError, MigstreamError, UsageError
 
 __all__ = ["DEFAULT_MAX_SIZE", "MAX_LAYERS", "Source", "open_source"]
 
@@ -220,14 +220,14 @@ def _unwrap(layer: _Layer, kind: str | None, head: bytes, *, snapshot: str | Non
     """Replace ``layer`` by what its container holds."""
     if kind in COMPRESSIONS:
         assert kind is not None
-        from .compressed import decompress
+        from migstream.containers.compressed import decompress
 
         layer.replace(decompress(layer.fd, layer.base, layer.size, kind, limit=limit))
         layer.add_compression(kind)
     elif kind in (KIND_LIBVIRT, KIND_LIBVIRT_PARTIAL):
         _unwrap_libvirt(layer, limit)
     elif kind == KIND_QCOW2:
-        from . import qcow2
+        from migstream.containers import qcow2
 
         fd, _size, info = qcow2.extract_vmstate(
             layer.fd, layer.base, layer.size, snapshot=snapshot, limit=limit
@@ -248,7 +248,7 @@ def _unwrap_libvirt(layer: _Layer, limit: int) -> None:
     if header.compression is None:
         layer.base, layer.size = start, rest
     else:
-        from .compressed import decompress
+        from migstream.containers.compressed import decompress
 
         layer.replace(decompress(layer.fd, start, rest, header.compression, limit=limit))
         layer.add_compression(header.compression)

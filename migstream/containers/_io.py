@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import Protocol
 
-from ..errors import ContainerError
+from migstream.errors import ContainerError
 
 COPY_CHUNK = 8 << 20
 """Bytes moved per read/write when copying or decompressing."""

@@ -23,9 +23,16 @@ from typing import IO, Any
 
 import zstandard
 
-from ..errors import ContainerError
-from ._io import COPY_CHUNK, Readable, buffered_window, copy_capped, new_temp_fd, pread_upto
-from .magic import KIND_BZIP2, KIND_GZIP, KIND_LZOP, KIND_XZ, KIND_ZSTD
+from migstream.containers._io import (
+    COPY_CHUNK,
+    Readable,
+    buffered_window,
+    copy_capped,
+    new_temp_fd,
+    pread_upto,
+)
+from migstream.containers.magic import KIND_BZIP2, KIND_GZIP, KIND_LZOP, KIND_XZ, KIND_ZSTD
+from migstream.errors import ContainerError
 
 ZSTD_MAX_WINDOW = 1 << 31
 """Largest zstd window accepted (what ``zstd --long=31`` writes)."""

@@ -13,9 +13,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ContainerError
-from ._io import pread_exact, pread_upto
-from .magic import (
+from migstream.containers._io import pread_exact, pread_upto
+from migstream.containers.magic import (
     KIND_BZIP2,
     KIND_GZIP,
     KIND_LZOP,
@@ -24,6 +23,7 @@ from .magic import (
     QEMU_SAVE_MAGIC,
     QEMU_SAVE_PARTIAL,
 )
+from migstream.errors import ContainerError
 
 QEMU_SAVE_VERSION = 2
 QEMU_SAVE_HEADER_SIZE = 92

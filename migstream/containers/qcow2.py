@@ -23,9 +23,9 @@ from typing import Any
 
 import zstandard
 
-from ..errors import ContainerError
-from ._io import copy_range, new_temp_fd, pread_exact, pread_upto, write_all
-from .magic import QCOW_MAGIC
+from migstream.containers._io import copy_range, new_temp_fd, pread_exact, pread_upto, write_all
+from migstream.containers.magic import QCOW_MAGIC
+from migstream.errors import ContainerError
 
 # Header (big-endian).  Version 2 ends after snapshots_offset; version 3 adds
 # the feature bitmaps, refcount_order and header_length, then optional fields.

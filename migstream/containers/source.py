@@ -13,7 +13,7 @@ import mmap
 import os
 from typing import Any
 
-from ..errors import ContainerError
+from migstream.errors import ContainerError
 
 
 class Source:

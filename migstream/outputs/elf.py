@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from migstream.arch.model import ARCHES, CpuState
 from migstream.errors import UnsupportedError, UsageError
-from migstream.model.cpu import ARCHES, CpuState
 
 # --- ELF constants (names as in <elf.h>) --------------------------------------
 ELFMAG = b"\x7fELF"

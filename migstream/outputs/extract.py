@@ -13,11 +13,11 @@ import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
-from .memory import absent_blocks, create_output, write_block_range
+from migstream.errors import UsageError
+from migstream.outputs.memory import absent_blocks, create_output, write_block_range
 
 if TYPE_CHECKING:
-    from ..api import Stream
+    from migstream.api import Stream
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@:+=,-]")
 
@@ -82,7 +82,7 @@ def extract(
     stream: Stream, root: str, *, force: bool = False, progress: Callable[[int], None] | None = None
 ) -> Iterator[str]:
     """Write desc.json, state.json, the block files and index.json; yields the files written."""
-    from .state_json import state_document
+    from migstream.outputs.state_json import state_document
 
     os.makedirs(root, exist_ok=True)
     if stream.vmdesc is not None:
@@ -105,7 +105,7 @@ def extract(
 
 def extract_compat(stream: Stream, root: str) -> Iterator[str]:
     """``analyze-migration -x``: desc.json, the block files (named as the blocks), state.json."""
-    from .compat import render_desc, render_state
+    from migstream.outputs.analyze_migration import render_desc, render_state
 
     enc = json.JSONEncoder(indent=4, separators=(",", ": "))
     stream.require_state()

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..decoders.pagemap import CHANNEL_SHIFT, PageMap
-from ..errors import MigstreamError, UsageError
-from ..model.memmap import MemoryMap, Placement, machine_memory_map
-from .summary import multifd_hint
+from migstream.errors import MigstreamError, UsageError
+from migstream.outputs.info import multifd_hint
+from migstream.ram.layout import MemoryMap, Placement
+from migstream.ram.pagemap import CHANNEL_SHIFT, PageMap
 
 if TYPE_CHECKING:
-    from ..api import Stream
+    from migstream.api import Stream
 
 _IOV_MAX = 1024
 _MAX_GAP = 64  # record header bytes between pages that are still read in one span
@@ -98,7 +98,7 @@ def _write_pages(
 ) -> None:
     """Pages whose bytes start at ``offs`` of one channel, to consecutive pages at ``dst``."""
     ps = pm.page_size
-    src = pm.stream.source if channel == 0 else pm.stream.channels[channel - 1]
+    src = pm.sources[channel]
     lo, hi = offs[0], offs[-1] + ps
     if hi - lo == len(offs) * ps and offs == list(range(lo, hi, ps)):
         _copy(src.fd, src.base + lo, out_fd, dst, hi - lo)  # contiguous in the source: in-kernel copy
@@ -143,13 +143,6 @@ def data_bytes(pm: PageMap, placements: Sequence[Placement]) -> int:
     by_name = {b.name: b.index for b in pm.blocks}
     ps = pm.page_size
     return sum(pm.data_bytes(by_name[p.block], p.block_offset // ps, p.size // ps) for p in placements)
-
-
-def memory_map(stream: Stream, overrides: Mapping[str, int] | None = None) -> MemoryMap:
-    blocks = [(b.name, b.size) for b in stream.ram_blocks]
-    return machine_memory_map(
-        blocks, machine=stream.machine, arch=stream.arch, overrides=dict(overrides or {})
-    )
 
 
 def create_output(path: str, force: bool) -> int:
@@ -226,7 +219,7 @@ def _write_elf(
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Write the ELF core; returns notes for the user."""
-    from .elf import build_elf_core
+    from migstream.outputs.elf import build_elf_core
 
     notes = []
     arch = stream.arch
@@ -261,7 +254,7 @@ def write_memory(
     progress: Callable[[int], None] | None = None,
 ) -> tuple[str, list[str]]:
     """``migstream memory``: returns what to print on standard output, and notes for the user."""
-    mmap_ = memory_map(stream, overrides)
+    mmap_ = stream.memory_map(overrides)
     if print_map and not output:
         return mmap_.describe() + "\n", []
     if not output:

@@ -2,70 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..decoders.vmstate import IntArray, Leaf, Struct
+from migstream.vmstate.values import leaf_value, to_typed
 
 if TYPE_CHECKING:
-    from ..api import Stream
-
-_FLOAT = struct.Struct(">d")
-
-
-def _leaf_value(leaf: Leaf, typed: bool) -> Any:
-    v = leaf.value
-    if isinstance(v, bytes):
-        if leaf.inner is not None:
-            return to_typed(leaf.inner) if typed else to_plain(leaf.inner)
-        if typed:
-            if leaf.type == "timer" and len(v) == 8:
-                return int.from_bytes(v, "big")
-            if leaf.type in ("float64", "CPU_Double_U") and len(v) == 8:
-                return _FLOAT.unpack(v)[0]
-            return v.hex()
-        return v
-    return v
-
-
-def _convert(node: Any, typed: bool, offsets: bool) -> Any:
-    if isinstance(node, Leaf):
-        value = _leaf_value(node, typed)
-        if offsets:
-            return {"value": value, "type": node.type, "offset": node.offset, "size": node.size}
-        return value
-    if isinstance(node, IntArray):
-        if offsets:
-            return [
-                {"value": v, "type": node.type, "offset": node.offset + i * node.size, "size": node.size}
-                for i, v in enumerate(node.values)
-            ]
-        return list(node.values)
-    if isinstance(node, Struct):
-        return {k: _convert(v, typed, offsets) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_convert(v, typed, offsets) for v in node]
-    return node
-
-
-def to_plain(state: Struct | None) -> dict[str, Any]:
-    """Plain Python values: int, bool, bytes, str, None, lists, dicts (names as in the description)."""
-    if state is None:
-        return {}
-    out = _convert(state, False, False)
-    assert isinstance(out, dict)
-    return out
-
-
-def to_typed(state: Struct | None, offsets: bool = False) -> dict[str, Any]:
-    """JSON-ready values: numbers, bytes as hex strings; with ``offsets`` each leaf is an object."""
-    if state is None:
-        return {}
-    out = _convert(state, True, offsets)
-    assert isinstance(out, dict)
-    return out
-
+    from migstream.api import Stream
 
 def state_document(stream: Stream, *, device: str | None = None, offsets: bool = False) -> dict[str, Any]:
     """What `migstream state --json` prints: the machine and every device section (or only ``device``)."""
@@ -93,7 +36,7 @@ def flat_lines(stream: Stream, *, device: str | None = None) -> Iterator[str]:
         if device is not None and d.name != device:
             continue
         for path, leaf in d.walk():
-            value = _leaf_value(leaf, True)
+            value = leaf_value(leaf, True)
             if isinstance(value, int) and not isinstance(value, bool):
                 shown = f"{value:#x}" if value >= 0 else str(value)
             else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from ..errors import LimitError, TruncatedError
+from migstream.errors import LimitError, TruncatedError
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..wire.constants import RecordType
-from ..wire.reader import be32_at
+from migstream.wire.constants import RecordType
+from migstream.wire.reader import be32_at
 
 #: How much trailing zero padding is tolerated after the description.
 MAX_TRAILING_ZEROS = 64 << 20

@@ -7,45 +7,12 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..model.ram import PageKind
+from migstream.ram.model import PageKind
 
 if TYPE_CHECKING:
-    from ..api import Stream
+    from migstream.api import Stream
 
-#: Main RAM block name -> architecture.
-_ARCH_BY_BLOCK = {
-    "pc.ram": "x86_64",
-    "mach-virt.ram": "aarch64",
-    "ppc_spapr.ram": "ppc64",
-    "s390.ram": "s390x",
-}
-_ARCH_BY_MACHINE = (
-    (re.compile(r"^(pc|q35|microvm|isapc|xenfv)"), "x86_64"),
-    (re.compile(r"^virt|^sbsa|^raspi"), "aarch64"),
-    (re.compile(r"^pseries|^powernv"), "ppc64"),
-    (re.compile(r"^s390"), "s390x"),
-)
 _MACHINE_VERSION = re.compile(r"-(\d+)\.(\d+)")
-
-
-def guess_arch(stream: Stream) -> str | None:
-    """The guest architecture, from the machine type, then the RAM block names."""
-    machine = stream.machine
-    if machine:
-        for pattern, arch in _ARCH_BY_MACHINE:
-            if pattern.search(machine):
-                return arch
-    for block in stream.ram_blocks:
-        if block.name in _ARCH_BY_BLOCK:
-            return _ARCH_BY_BLOCK[block.name]
-    names = {d.name for d in stream.devices}
-    if "apic" in names or "kvm-tpr-opt" in names:
-        return "x86_64"
-    if "s390-skeys" in names:
-        return "s390x"
-    if "spapr" in names or "spapr/htab" in stream.parsed.section_names.values():
-        return "ppc64"
-    return None
 
 
 def version_hints(stream: Stream) -> list[dict[str, Any]]:
@@ -160,7 +127,7 @@ def info_json(stream: Stream) -> dict[str, Any]:
         },
         "version": p.version,
         "machine": stream.machine,
-        "arch": guess_arch(stream),
+        "arch": stream.arch,
         "configuration": p.configuration.to_json() if p.configuration else None,
         "page_size": p.page_size,
         "footers": p.footers,
@@ -244,7 +211,7 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
     cfg = p.configuration
     lines.append(
         f"  machine:       {cfg.machine if cfg else '(no configuration record)'}"
-        + (f"   arch: {guess_arch(stream)}" if guess_arch(stream) else "")
+        + (f"   arch: {stream.arch}" if stream.arch else "")
     )
     if cfg is not None:
         if cfg.capabilities:

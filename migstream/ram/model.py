@@ -161,3 +161,16 @@ class RamStats:
 
     def to_json(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class RamIndex:
+    """RAM blocks and every page run of the stream."""
+
+    page_size: int
+    blocks: tuple[RamBlock, ...]
+    runs: RunTable
+    stats: RamStats
+    section_id: int | None = None
+    ignore_shared: bool = False
+    mapped_ram: bool = False

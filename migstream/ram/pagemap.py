@@ -12,16 +12,14 @@ For each RAM block a numpy array holds one entry per page:
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import LimitError, StreamFormatError
-from ..model.ram import PageKind
-from .xbzrle import apply_xbzrle
-
-if TYPE_CHECKING:
-    from ..api import Stream
+from migstream.containers.source import Source
+from migstream.errors import LimitError, StreamFormatError
+from migstream.ram.model import PageKind, RamIndex
+from migstream.ram.xbzrle import apply_xbzrle
 
 ABSENT = -1
 #: Pages indexed at the most (8 bytes each): guests of up to 4 TiB with 4 KiB pages.
@@ -53,9 +51,17 @@ def inflate_page(data: bytes, page_size: int, offset: int) -> bytes:
 class PageMap:
     """Final page sources of every block of a stream."""
 
-    def __init__(self, stream: Stream) -> None:
-        self.stream = stream
-        ram = stream.parsed.ram
+    def __init__(
+        self,
+        ram: RamIndex,
+        sources: Sequence[Source],
+        discards: Sequence[tuple[int, str, Sequence[Sequence[int]]]] = (),
+    ) -> None:
+        """``sources``: the main stream, then each multifd channel; ``discards``: the
+        POSTCOPY_RAM_DISCARD commands as (stream offset, block name, [(start, length), ...])."""
+        self.ram = ram
+        self.sources = tuple(sources)
+        self._discard_cmds = discards
         self.page_size = ram.page_size
         self.blocks = ram.blocks
         self.maps = [np.full(n, ABSENT, dtype=np.int64) for n in self._index_lengths()]
@@ -66,7 +72,7 @@ class PageMap:
 
     def _index_lengths(self) -> list[int]:
         """Pages to index per block: up to the last page any record names (the rest was never sent)."""
-        runs = self.stream.parsed.ram.runs
+        runs = self.ram.runs
         ends = [0] * len(self.blocks)
         if len(runs):
             block = np.frombuffer(runs.block, dtype=np.int64)
@@ -88,7 +94,7 @@ class PageMap:
 
     # -- page bytes ------------------------------------------------------------
     def channel_buffer(self, channel: int) -> memoryview:
-        return self.stream.source.buffer if channel == 0 else self.stream.channels[channel - 1].buffer
+        return self.sources[channel].buffer
 
     def page_bytes(self, block: int, page: int) -> bytes:
         m = self.maps[block]
@@ -107,10 +113,9 @@ class PageMap:
 
     # -- resolution --------------------------------------------------------------
     def _resolve(self) -> None:
-        ram = self.stream.parsed.ram
-        runs = ram.runs
+        runs = self.ram.runs
         ps = self.page_size
-        buf = self.stream.source.buffer
+        buf = self.sources[0].buffer
         discards = self._discards()
         di = 0
         order = sorted(
@@ -163,17 +168,13 @@ class PageMap:
             self._discard(*discards[di][1:])
             di += 1
 
-    def _discards(self) -> list[tuple[int, int, list[list[int]]]]:
+    def _discards(self) -> list[tuple[int, int, Sequence[Sequence[int]]]]:
         by_name = {b.name: b.index for b in self.blocks}
-        out = []
-        for rec in self.stream.parsed.records:
-            if rec.command == "POSTCOPY_RAM_DISCARD":
-                bi = by_name.get(str(rec.details.get("block")))
-                if bi is not None:
-                    out.append((rec.offset, bi, list(rec.details.get("ranges", []))))
-        return out
+        return [
+            (offset, by_name[name], ranges) for offset, name, ranges in self._discard_cmds if name in by_name
+        ]
 
-    def _discard(self, bi: int, ranges: list[list[int]]) -> None:
+    def _discard(self, bi: int, ranges: Sequence[Sequence[int]]) -> None:
         ps = self.page_size
         m = self.maps[bi]
         for start, length in ranges:

@@ -11,24 +11,25 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..containers.source import Source
-from ..errors import StreamFormatError, UnsupportedError
-from ..model.ram import PageKind
-from ..wire import constants as c
-from ..wire.reader import Reader, decode_name
-
-if TYPE_CHECKING:
-    from ..api import Stream
+from migstream.containers.source import Source
+from migstream.errors import StreamFormatError, UnsupportedError
+from migstream.ram.model import PageKind, RamIndex
+from migstream.wire import constants as c
+from migstream.wire.reader import Reader, decode_name
 
 
-def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarray, np.ndarray, int]]:
-    """(packet_num, channel, block, normal offsets, zero offsets, payload offset) per data packet."""
-    src = stream.channels[channel - 1]
-    ps = stream.page_size
+def _packets(
+    channels: list[Source], channel: int, ps: int
+) -> list[tuple[int, int, str, np.ndarray, np.ndarray, int]]:
+    """(packet_num, channel, block, normal offsets, zero offsets, payload offset) per data packet.
+
+    A compressed channel is replaced in ``channels`` by its inflated copy.
+    """
+    src = channels[channel - 1]
     slots = c.MULTIFD_PACKET_BYTES // ps
     header = c.MULTIFD_PACKET_HEADER_SIZE + 8 * slots
     r = Reader(src.buffer)
@@ -120,10 +121,8 @@ def _packets(stream: Stream, channel: int) -> list[tuple[int, int, str, np.ndarr
             out.append((num, channel, block, pages, zeros, payload))
     if inflater is not None:
         # From now on this channel's pages are read from the inflated copy.
-        channels = list(stream.channels)
         channels[channel - 1] = inflater.finish()
         src.close()
-        stream.channels = tuple(channels)
     return out
 
 
@@ -196,14 +195,17 @@ class _Inflater:
         return Source(self.name, self.fd, 0, self.size, container=f"multifd-{self.kind}")
 
 
-def index_channels(stream: Stream) -> None:
-    """Add the pages of every multifd channel capture to the stream's run table."""
-    ram = stream.parsed.ram
+def index_channels(ram: RamIndex, channels: Sequence[Source]) -> tuple[Source, ...]:
+    """Add the pages of every multifd channel capture to ``ram``'s run table.
+
+    Returns the channels to read pages from (compressed ones replaced by their inflated copies).
+    """
     by_name = {b.name: b.index for b in ram.blocks}
-    ps = stream.page_size
+    ps = ram.page_size
     packets = []
-    for ch in range(1, len(stream.channels) + 1):
-        packets.extend(_packets(stream, ch))
+    sources = list(channels)
+    for ch in range(1, len(sources) + 1):
+        packets.extend(_packets(sources, ch, ps))
     packets.sort(key=lambda p: p[0])
     runs = ram.runs
     for num, ch, block, normal, zero, payload in packets:
@@ -229,3 +231,4 @@ def index_channels(stream: Stream) -> None:
             for a, b in zip(bounds[:-1], bounds[1:]):
                 data = payload + a * ps if kind == PageKind.MULTIFD else 0
                 runs.add(bi, int(offsets[a]), b - a, kind, data, ps, 0, num, ch)
+    return tuple(sources)

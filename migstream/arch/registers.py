@@ -32,8 +32,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from migstream.arch.model import ARCHES, CpuState, RegisterValue
 from migstream.errors import StreamFormatError, UnsupportedError
-from migstream.model.cpu import ARCHES, CpuState, RegisterValue
 
 __all__ = ["CPU_IDSTR", "CPU_COMMON_IDSTR", "cpus_from_devices", "decode_cpu", "detect_arch"]
 

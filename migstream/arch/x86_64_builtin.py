@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import MigstreamError
-from ..wire.reader import Reader
-from .vmstate import Struct, VmstateDecoder
+from migstream.errors import MigstreamError
+from migstream.vmstate.decoder import VmstateDecoder
+from migstream.vmstate.values import Struct
+from migstream.wire.reader import Reader
 
 
 def _f(
@@ -93,6 +94,10 @@ def _plausible_x86(state: Struct) -> bool:
         if flags is None or not isinstance(flags.value, int) or flags.value & 0xFF0000FF:
             return False
     return True
+
+
+#: What the diagnostics say of a section decoded with the built-in layout.
+BUILTIN_NOTE = "no description; its leading fields were decoded with the built-in x86-64 layout"
 
 
 def decode_builtin(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import StreamFormatError
+from migstream.errors import StreamFormatError
 
 
 def _uleb(data: bytes, pos: int) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from migstream.model.cpu import CpuState, RegisterValue
+from migstream.arch.model import CpuState, RegisterValue
 
 __all__ = ["format_cpus", "format_cpu"]
 

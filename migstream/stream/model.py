@@ -6,9 +6,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..decoders.vmstate import Leaf, Struct
-from .ram import RamBlock, RamStats, RunTable
-from .records import Configuration, Diagnostic, Record
+from migstream.errors import TruncatedError
+from migstream.ram.model import RamIndex
+from migstream.stream.records import Configuration, Diagnostic, Record
+from migstream.vmstate.values import Leaf, Struct
 
 
 @dataclass(frozen=True)
@@ -75,19 +76,6 @@ class SectionInfo:
 
 
 @dataclass(frozen=True)
-class RamIndex:
-    """RAM blocks and every page run of the stream."""
-
-    page_size: int
-    blocks: tuple[RamBlock, ...]
-    runs: RunTable
-    stats: RamStats
-    section_id: int | None = None
-    ignore_shared: bool = False
-    mapped_ram: bool = False
-
-
-@dataclass(frozen=True)
 class ParsedStream:
     size: int
     version: int
@@ -104,3 +92,6 @@ class ParsedStream:
     section_names: Mapping[int, str] = field(default_factory=dict)
     diagnostics: tuple[Diagnostic, ...] = ()
     eof_offset: int | None = None
+    #: Set when the stream ends early (cut inside or between records): everything
+    #: before ``truncated.offset`` was read and is in this result.
+    truncated: TruncatedError | None = None

@@ -15,8 +15,8 @@ from __future__ import annotations
 import io
 from bisect import bisect_right
 
-from .decoders.pagemap import PageMap
-from .model.memmap import MemoryMap
+from migstream.ram.layout import MemoryMap
+from migstream.ram.pagemap import PageMap
 
 
 class _PagedReader(io.RawIOBase):

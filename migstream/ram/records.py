@@ -15,10 +15,10 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..errors import LimitError, StreamFormatError, UnsupportedError
-from ..model.ram import MappedRamHeader, PageKind, RamBlock, RunTable
-from ..wire.constants import ENCODING_FLAG_XBZRLE, MAPPED_RAM_HEADER_SIZE, MAPPED_RAM_VERSION, RamFlag
-from ..wire.reader import Reader
+from migstream.errors import LimitError, StreamFormatError, UnsupportedError
+from migstream.ram.model import MappedRamHeader, PageKind, RamBlock, RunTable
+from migstream.wire.constants import ENCODING_FLAG_XBZRLE, MAPPED_RAM_HEADER_SIZE, MAPPED_RAM_VERSION, RamFlag
+from migstream.wire.reader import Reader
 
 PAGE_KINDS = RamFlag.ZERO | RamFlag.PAGE | RamFlag.XBZRLE | RamFlag.COMPRESS_PAGE
 #: A block list longer than this is not a real VM.

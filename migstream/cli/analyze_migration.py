@@ -12,8 +12,8 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ..api import open as open_stream
-from .common import run_guarded
+from migstream.api import open as open_stream
+from migstream.cli.common import run_guarded
 
 PROG = "analyze-migration"
 
@@ -36,14 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..outputs.compat import render_desc, render_state
+    from migstream.outputs.analyze_migration import render_desc, render_state
 
     if not (args.extract or args.dump in ("state", "desc")):
         sys.stderr.write(f"{PROG}: error: please specify either -x, -d state or -d desc\n")
         return 2
     with open_stream(args.file) as stream:
         if args.extract:
-            from ..outputs.extract import extract_compat
+            from migstream.outputs.extract import extract_compat
 
             for line in extract_compat(stream, "."):
                 sys.stdout.write(line + "\n")

@@ -10,12 +10,13 @@ their name as written in the stream).
 from __future__ import annotations
 
 import struct as _struct
-from collections.abc import Iterator, Mapping
-from typing import Any, Union
+from collections.abc import Mapping
+from typing import Any
 
-from ..errors import DescriptionError, LimitError, MigstreamError, StreamFormatError
-from ..wire.constants import VMS_NULLPTR_MARKER, RecordType
-from ..wire.reader import Reader
+from migstream.errors import DescriptionError, LimitError, MigstreamError, StreamFormatError
+from migstream.vmstate.values import IntArray, Leaf, Struct
+from migstream.wire.constants import VMS_NULLPTR_MARKER, RecordType
+from migstream.wire.reader import Reader
 
 #: Integer types and whether QEMU reads them signed (as its JSON names them).
 INT_TYPES: Mapping[str, bool] = {
@@ -44,120 +45,6 @@ FLOAT_TYPES = frozenset({"float64", "CPU_Double_U"})
 MAX_DEPTH = 64
 #: Array elements that may take no bytes at all (empty structs), beyond the bytes left.
 MAX_EMPTY_ELEMENTS = 4096
-
-
-class Leaf:
-    """One decoded field element.
-
-    ``value`` is an ``int`` (integer types), ``bool``, ``str`` (capability),
-    ``None`` (nullptr) or ``bytes`` (everything else, as on the wire).
-    ``inner`` is the decoded nested structure of ``vstruct``/``tmp`` entries.
-    """
-
-    __slots__ = ("type", "offset", "size", "value", "signed", "inner")
-
-    def __init__(
-        self,
-        type: str,
-        offset: int,
-        size: int,
-        value: int | bool | bytes | str | None,
-        signed: bool = False,
-        inner: Struct | None = None,
-    ) -> None:
-        self.type = type
-        self.offset = offset
-        self.size = size
-        self.value = value
-        self.signed = signed
-        self.inner = inner
-
-    @property
-    def raw_int(self) -> int:
-        """The value as an unsigned integer of its width (integers only)."""
-        if isinstance(self.value, bool) or not isinstance(self.value, int):
-            raise TypeError(f"{self.type} is not an integer")
-        return self.value & ((1 << (8 * self.size)) - 1)
-
-    def __repr__(self) -> str:
-        return f"Leaf({self.type!r}, {self.offset:#x}, {self.size}, {self.value!r})"
-
-
-class IntArray:
-    """A run of integers of one type read in bulk (an array field): compact, no object per element."""
-
-    __slots__ = ("type", "offset", "size", "signed", "values")
-
-    def __init__(self, type: str, offset: int, size: int, signed: bool, values: tuple[int, ...]) -> None:
-        self.type = type
-        self.offset = offset
-        self.size = size  # bytes per element
-        self.signed = signed
-        self.values = values
-
-    def leaves(self) -> list[Leaf]:
-        return [
-            Leaf(self.type, self.offset + i * self.size, self.size, v, self.signed)
-            for i, v in enumerate(self.values)
-        ]
-
-
-Node = Union[Leaf, "Struct", list[Any]]
-
-
-class Struct(dict[str, Any]):
-    """Decoded vmsd: field name -> Leaf | Struct | list; keeps where it was read."""
-
-    __slots__ = ("offset", "size", "vmsd_name", "version")
-
-    def __init__(self, offset: int, vmsd_name: str | None = None, version: int | None = None) -> None:
-        super().__init__()
-        self.offset = offset
-        self.size = 0
-        self.vmsd_name = vmsd_name
-        self.version = version
-
-    def add(self, name: str, node: Any) -> None:
-        """Store a field; a repeated name turns the entry into a list (arrays)."""
-        if name not in self:
-            self[name] = node
-            return
-        prev = self[name]
-        if isinstance(prev, IntArray):
-            prev = _Elements(prev.leaves())
-            self[name] = prev
-        if isinstance(node, IntArray):
-            items: list[Any] = node.leaves()
-        else:
-            items = [node]
-        if isinstance(prev, _Elements):
-            prev.extend(items)
-        else:
-            self[name] = _Elements([prev, *items])
-
-    def walk(self, prefix: str = "") -> Iterator[tuple[str, Leaf]]:
-        """Every leaf with its path, e.g. ``env.segs[1].base``."""
-        for name, node in self.items():
-            yield from _walk(node, f"{prefix}.{name}" if prefix else name)
-
-
-class _Elements(list[Any]):
-    """The list made from a repeated field name (distinct from a Leaf's bytes)."""
-
-
-def _walk(node: Any, path: str) -> Iterator[tuple[str, Leaf]]:
-    if isinstance(node, Leaf):
-        yield path, node
-        if node.inner is not None:
-            yield from node.inner.walk(path)
-    elif isinstance(node, Struct):
-        yield from node.walk(path)
-    elif isinstance(node, IntArray):
-        for i, leaf in enumerate(node.leaves()):
-            yield f"{path}[{i}]", leaf
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            yield from _walk(item, f"{path}[{i}]")
 
 
 _BE_UNSIGNED = {

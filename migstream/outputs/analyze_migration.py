@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ..api import Stream
-from ..decoders.pagemap import inflate_page
-from ..decoders.vmstate import IntArray, Leaf, Struct
-from ..model.ram import PageKind
+from migstream.api import Stream
+from migstream.ram.model import PageKind
+from migstream.ram.pagemap import inflate_page
+from migstream.vmstate.values import IntArray, Leaf, Struct
 
 
 def _int_text(value: int, size: int, signed: bool) -> str:
