@@ -171,3 +171,25 @@ def test_huge_announced_block_does_not_allocate(tmp_path: Path) -> None:
         timeout=60,
     )
     assert mem.returncode != 0 and len(mem.stderr.splitlines()) == 1 and "Traceback" not in mem.stderr
+
+
+@pytest.mark.parametrize(
+    ("ftype", "raw", "value", "script_text"),
+    [
+        ("uint8 equal", b"\xff", 255, "0xff (-1)"),
+        ("uint16 equal", b"\x80\x01", 0x8001, "0x8001 (-32767)"),
+        ("int32 equal", b"\xff\xff\xff\xfe", -2, "0xfffffffe (-2)"),
+        ("uint32 equal", b"\xff\xff\xff\xfe", 0xFFFFFFFE, "0xfffffffe"),
+    ],
+)
+def test_equal_types_unsigned_except_in_the_script_output(
+    ftype: str, raw: bytes, value: int, script_text: str
+) -> None:
+    """QEMU reads uintN equal unsigned; only the drop-in output keeps the script's signed reading."""
+    from migstream.outputs.analyze_migration import _leaf
+    from migstream.vmstate.decoder import VmstateDecoder
+
+    desc = {"vmsd_name": "t", "fields": [{"name": "x", "type": ftype, "size": len(raw)}]}
+    state = VmstateDecoder("t").decode_vmsd(Reader(memoryview(raw)), desc)
+    assert state["x"].value == value
+    assert _leaf(state["x"]) == script_text

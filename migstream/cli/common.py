@@ -9,7 +9,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from migstream.errors import MigstreamError
+from migstream.errors import MigstreamError, TruncatedError
+
+#: Exit status when the stream ends early: the output holds everything read up to the cut.
+EXIT_PARTIAL = 3
 
 
 def one_line(text: str) -> str:
@@ -52,6 +55,18 @@ def run_guarded(prog: str, body: Callable[[], int], traceback: bool) -> int:
             f"(run with --traceback and report it)\n"
         )
         return 2
+
+
+def partial_exit(prog: str, truncated: TruncatedError | None) -> int:
+    """0, or (after one stderr line saying where the stream ends) the partial exit status."""
+    if truncated is None:
+        return 0
+    where = f"{truncated.offset:#x}" if truncated.offset is not None else "its start"
+    sys.stderr.write(
+        f"{prog}: partial: the output holds everything read up to offset {where}, "
+        f"where the stream ends early: {one_line(str(truncated))}\n"
+    )
+    return EXIT_PARTIAL
 
 
 def print_json(data: Any, *, indent: int | None = 2) -> None:

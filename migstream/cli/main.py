@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from migstream import __version__  # noqa: F401
 from migstream.api import Stream
 from migstream.api import open as open_stream
-from migstream.cli.common import print_json, run_guarded
+from migstream.cli.common import partial_exit, print_json, run_guarded
 from migstream.cli.progress import Progress
 from migstream.errors import UsageError
 
@@ -47,7 +47,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             print_json(info_json(stream), indent=None if args.compact else 2)
         else:
             sys.stdout.write(info_text(stream, all_records=args.all))
-    return 0
+        return partial_exit(PROG, stream.truncated)
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -58,12 +58,12 @@ def cmd_state(args: argparse.Namespace) -> int:
         if args.flat:
             for line in flat_lines(stream, device=args.device):
                 sys.stdout.write(line + "\n")
-            return 0
+            return partial_exit(PROG, stream.truncated)
         print_json(
             state_document(stream, device=args.device, offsets=args.offsets),
             indent=None if args.compact else 2,
         )
-    return 0
+        return partial_exit(PROG, stream.truncated)
 
 
 def cmd_desc(args: argparse.Namespace) -> int:
@@ -83,7 +83,7 @@ def cmd_cpus(args: argparse.Namespace) -> int:
             from migstream.arch.text import format_cpus
 
             sys.stdout.write(format_cpus(cpus))
-    return 0
+        return partial_exit(PROG, stream.truncated)
 
 
 def cmd_memory(args: argparse.Namespace) -> int:
@@ -111,7 +111,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
             sys.stderr.write(f"{PROG}: note: {note}\n")
         if report:
             sys.stdout.write(report)
-    return 0
+        return partial_exit(PROG, stream.truncated if args.output else None)
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -128,7 +128,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         finally:
             if progress is not None:
                 progress.close()
-    return 0
+        return partial_exit(PROG, stream.truncated)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--snapshot", help="qcow2 images: the internal snapshot to read (name or id; default last)"
         )
-        sp.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
+        # SUPPRESS as the default: `migstream --traceback CMD` must not be reset by the subcommand.
+        sp.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     sp = sub.add_parser("info", help="records, sections, commands, RAM blocks, version hints")
     common(sp, multi=True)

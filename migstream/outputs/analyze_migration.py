@@ -16,11 +16,20 @@ from migstream.ram.model import PageKind
 from migstream.ram.pagemap import inflate_page
 from migstream.vmstate.values import IntArray, Leaf, Struct
 
+#: Types QEMU's script reads as signed although QEMU reads them unsigned; its output is kept as it is.
+_SCRIPT_READS_SIGNED = frozenset({"uint8 equal", "uint16 equal"})
 
-def _int_text(value: int, size: int, signed: bool) -> str:
+
+def _int_text(value: int, size: int, ftype: str, signed: bool) -> str:
+    """An integer as QEMU's script prints it: hex of its width, and the negative value when signed."""
     width = size * 2
+    bits = 8 * size
+    if ftype in _SCRIPT_READS_SIGNED:
+        signed = True
+        if value >= 1 << (bits - 1):
+            value -= 1 << bits
     if signed and value < 0:
-        return f"0x{value & ((1 << (8 * size)) - 1):0{width}x} ({value})"
+        return f"0x{value & ((1 << bits) - 1):0{width}x} ({value})"
     return f"0x{value:0{width}x}"
 
 
@@ -31,7 +40,7 @@ def _leaf(leaf: Leaf) -> Any:
     if isinstance(v, bool):
         return v
     if isinstance(v, int):
-        return _int_text(v, leaf.size, leaf.signed)
+        return _int_text(v, leaf.size, leaf.type, leaf.signed)
     if isinstance(v, str):
         return v
     return " ".join(f"{b:02x}" for b in v)
@@ -41,7 +50,7 @@ def _node(node: Any) -> Any:
     if isinstance(node, Leaf):
         return _leaf(node)
     if isinstance(node, IntArray):
-        return [_int_text(v, node.size, node.signed) for v in node.values]
+        return [_int_text(v, node.size, node.type, node.signed) for v in node.values]
     if isinstance(node, Struct):
         return {k: _node(v) for k, v in node.items()}
     if isinstance(node, list):

@@ -161,9 +161,17 @@ def info_json(stream: Stream) -> dict[str, Any]:
             for s in p.live_sections
         ],
         "channels": [{"name": c.name, "size": c.size} for c in stream.channels],
+        "truncated": _truncation_json(stream),
         "diagnostics": [d.to_json() for d in p.diagnostics]
         + ([{"level": "warning", "message": hint}] if (hint := multifd_hint(stream)) else []),
     }
+
+
+def _truncation_json(stream: Stream) -> dict[str, Any] | None:
+    exc = stream.truncated
+    if exc is None:
+        return None
+    return {"offset": exc.offset, "section": exc.section, "message": str(exc)}
 
 
 def _json_safe(value: Any) -> Any:
@@ -301,6 +309,9 @@ def info_text(stream: Stream, *, all_records: bool = False) -> str:
         shown += 1
     if repeat:
         lines.append(f"  {'':10s}  ... {repeat} more records")
+    if stream.truncated is not None:
+        cut = stream.truncated
+        lines.append(f"  {cut.offset or 0:#010x}  the stream ends early: {cut}")
     if p.diagnostics:
         lines.append("")
         lines.append("Diagnostics:")

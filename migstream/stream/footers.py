@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Container
 
-from migstream.errors import StreamFormatError
+from migstream.errors import StreamFormatError, TruncatedError
 from migstream.wire.constants import MIG_CMD_LENGTHS, RecordType
 from migstream.wire.reader import Reader
 
@@ -43,8 +43,8 @@ def scan_to_footer(r: Reader, section_id: int, known_sections: Container[int]) -
         if stop == end:
             break
         pos = stop - overlap
-    raise StreamFormatError(
-        "no section footer found for this section",
+    raise TruncatedError(
+        "the stream ends before this section's footer",
         offset=r.pos,
         section=r.context,
         expected=pattern.hex(" "),

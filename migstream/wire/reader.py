@@ -24,7 +24,7 @@ class Reader:
     def __init__(self, buf: memoryview, pos: int = 0, end: int | None = None) -> None:
         self.buf = buf
         self.pos = pos
-        self.end = len(buf) if end is None else end
+        self.end = len(buf) if end is None else min(end, len(buf))
         #: What is being read, for error messages (e.g. "section 'ram' (id 2)").
         self.context: str | None = None
 
