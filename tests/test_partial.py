@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import CorpusCache, manifest
 
 import migstream
 from migstream.errors import TruncatedError
-
-from conftest import CorpusCache, manifest
 
 CLI = [sys.executable, "-m", "migstream.cli.main"]
 STREAM = "qemu-10.0/pc-paused-min"
