@@ -8,18 +8,23 @@ ends and the section is skipped with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from migstream.errors import DescriptionError, MigstreamError, StreamFormatError
 from migstream.sections import blob_decoder
+from migstream.stream.headers import next_section_header
 from migstream.stream.model import DeviceState
 from migstream.stream.records import SECTION_FULL, Diagnostic
 from migstream.vmstate.decoder import NeedsSectionEnd, VmstateDecoder
 from migstream.vmstate.values import Struct
 from migstream.wire.constants import RecordType
 from migstream.wire.reader import Reader
+
+
+class UnsizableSection(DescriptionError):
+    """A device section whose end nothing tells (no description entry, no footer, no next header)."""
 
 
 @dataclass
@@ -61,12 +66,14 @@ class DeviceSections:
         foreign_desc: bool,
         scan_to_footer: Callable[[Reader, SectionEntry], None],
         diagnostics: list[Diagnostic],
+        known_sections: Container[int] = (),
     ) -> None:
         self.descs = descs
         self.have_desc = have_desc
         self.foreign_desc = foreign_desc
         self.scan_to_footer = scan_to_footer
         self.diagnostics = diagnostics
+        self.known_sections = known_sections
 
     def read(self, r: Reader, start: int, sec: SectionEntry, depth: int, footers: bool | None) -> DeviceState:
         desc = self.descs.get((sec.name, sec.instance_id))
@@ -156,7 +163,20 @@ class DeviceSections:
                 )
             else:
                 problem = "device section cannot be read without a VM description (pass one with --desc)"
-            raise DescriptionError(problem, offset=start, section=r.context)
+            nxt = next_section_header(r, sec.section_id, self.known_sections)
+            if nxt is None:
+                raise UnsizableSection(problem, offset=start, section=r.context)
+            self.diagnostics.append(
+                Diagnostic(
+                    "note",
+                    f"{sec.name} (instance {sec.instance_id}): no description and no footer; "
+                    f"{nxt - r.pos} bytes sized by the record that follows at {nxt:#x}",
+                    start,
+                )
+            )
+            r.pos = nxt
+            sec.decoded = False
+            return
         payload = r.pos
         self.scan_to_footer(r, sec)
         sec.decoded = False

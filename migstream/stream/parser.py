@@ -20,7 +20,7 @@ from migstream.sections import live_decoder
 from migstream.stream import records as rt
 from migstream.stream.commands import read_command
 from migstream.stream.configuration import read_configuration
-from migstream.stream.devices import DeviceSections, SectionEntry, index_descriptions
+from migstream.stream.devices import DeviceSections, SectionEntry, UnsizableSection, index_descriptions
 from migstream.stream.footers import footer_follows, read_footer, scan_to_footer
 from migstream.stream.model import DeviceState, LiveSection, ParsedStream
 from migstream.stream.records import Configuration, Diagnostic, Record
@@ -63,6 +63,7 @@ class _Parser:
             foreign_desc=desc_override is not None,
             scan_to_footer=self._scan_to_footer,
             diagnostics=self.diagnostics,
+            known_sections=self.sections,
         )
         self.ram_section_id: int | None = None
         self.eof_offset: int | None = None
@@ -126,6 +127,8 @@ class _Parser:
             self._loop(r, depth=0)
         except TruncatedError as exc:
             self.truncated = exc
+        except UnsizableSection as exc:
+            self.diagnostics.append(Diagnostic("warning", f"records stop being read here: {exc}", exc.offset))
         return self._result()
 
     def _result(self) -> ParsedStream:
@@ -338,7 +341,16 @@ class _Parser:
             # package is cut, so that a cut stream keeps all it holds.
             end = r.pos + int(details["length"])
             inner = Reader(r.buf, r.pos, min(end, r.end))
-            self._loop(inner, depth + 1)
+            try:
+                self._loop(inner, depth + 1)
+            except UnsizableSection as exc:
+                # The package states its own length: what follows it is still readable.
+                self.diagnostics.append(
+                    Diagnostic(
+                        "warning", f"rest of the PACKAGED payload skipped by its length: {exc}", exc.offset
+                    )
+                )
+                inner.pos = inner.end
             r.pos = inner.pos
             r.need(end - r.pos, "the PACKAGED payload")
             r.pos = end
