@@ -7,7 +7,8 @@ where an opaque device section ends.  Device sections are written in the order
 their handlers were registered, and section ids are handed out in that same
 order (handlers of a higher priority, such as IOMMUs, first), so the section
 that follows is a SECTION_FULL header with a small id that has not been seen
-yet, a printable idstr and small instance and version numbers.  The search is linear (each chunk is copied and searched once).
+yet, a printable idstr and small instance and version numbers.  The search is
+linear (each chunk is copied and searched once).
 """
 
 from __future__ import annotations
