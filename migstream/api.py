@@ -9,8 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from migstream.arch import detect_arch
-from migstream.arch.x86_64_builtin import BUILTIN_NOTE, decode_builtin
+from migstream.arch import decode_builtin, detect_arch
 from migstream.containers import Source, open_source
 from migstream.errors import DescriptionError, TruncatedError, UsageError
 from migstream.ram.model import RamBlock
@@ -21,7 +20,7 @@ from migstream.vmstate.values import to_plain
 from migstream.wire.constants import MULTIFD_MAGIC
 
 if TYPE_CHECKING:
-    from migstream.arch.model import CpuState
+    from migstream.arch import CpuState
     from migstream.ram.layout import MemoryMap
     from migstream.ram.pagemap import PageMap
     from migstream.ram.readers import BlockReader, PhysicalReader
@@ -144,7 +143,7 @@ class Stream:
     def cpus(self) -> list[CpuState]:
         """The vCPUs' registers (``CpuState`` objects)."""
         if self._cpus is None:
-            from migstream.arch.registers import CPU_COMMON_IDSTR, CPU_IDSTR, cpus_from_devices
+            from migstream.arch import CPU_COMMON_IDSTR, CPU_IDSTR, cpus_from_devices
 
             devs = [
                 (d.name, d.instance_id, to_plain(d.state))
@@ -172,12 +171,10 @@ class Stream:
 
     def memory_map(self, overrides: Mapping[str, int] | None = None) -> MemoryMap:
         """How RAM blocks sit in guest-physical memory (``MemoryMap``)."""
-        from migstream.ram.layout import machine_memory_map
+        from migstream.arch import memory_map
 
         blocks = [(b.name, b.size) for b in self.ram_blocks]
-        return machine_memory_map(
-            blocks, machine=self.machine, arch=self.arch, overrides=dict(overrides or {})
-        )
+        return memory_map(blocks, machine=self.machine, arch=self.arch, overrides=dict(overrides or {}))
 
     def block(self, name: str) -> BlockReader:
         """One RAM block as a read-only, seekable file (``BlockReader``), at block offsets."""
@@ -269,16 +266,15 @@ def _with_builtin_layouts(parsed: ParsedStream, buf: memoryview) -> ParsedStream
         if dev.state is not None or dev.payload_size == 0:
             continue
         end = dev.payload_offset + dev.payload_size
-        state = decode_builtin(
+        found = decode_builtin(
             buf, dev.name, dev.version_id, dev.payload_offset, end, f"{dev.name!r} (id {dev.section_id})"
         )
-        if state is not None:
+        if found is not None:
+            state, note = found
             state.version = dev.version_id
             devices[i] = dataclasses.replace(dev, state=state)
             notes.append(
-                Diagnostic(
-                    "note", f"{dev.name} (instance {dev.instance_id}): {BUILTIN_NOTE}", dev.payload_offset
-                )
+                Diagnostic("note", f"{dev.name} (instance {dev.instance_id}): {note}", dev.payload_offset)
             )
     if not notes:
         return parsed

@@ -17,9 +17,7 @@ from typing import Any
 
 import pytest
 
-from migstream.arch.model import CpuState
-from migstream.arch.registers import cpus_from_devices, decode_cpu, detect_arch
-from migstream.arch.text import format_cpus
+from migstream.arch import CpuState, cpus_from_devices, decode_cpu, detect_cpu_arch, format_cpus
 from migstream.errors import MigstreamError, StreamFormatError, UnsupportedError
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
@@ -428,7 +426,7 @@ def test_malformed_fields() -> None:
 
 def test_unknown_arch() -> None:
     with pytest.raises(UnsupportedError):
-        detect_arch({"foo": 1})
+        detect_cpu_arch({"foo": 1})
     with pytest.raises(MigstreamError):
         cpus_from_devices([("cpu", 0, {"foo": 1})])
     with pytest.raises(UnsupportedError):

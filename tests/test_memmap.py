@@ -1,4 +1,4 @@
-"""Guest-physical placement of RAM blocks (migstream.model.memmap)."""
+"""Guest-physical placement of RAM blocks (migstream.arch.memory_map over migstream.ram.layout)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,9 @@ from typing import Any
 
 import pytest
 
+from migstream.arch import memory_map, parse_machine
 from migstream.errors import UsageError
-from migstream.ram.layout import (
-    FOUR_GIB,
-    GiB,
-    MemoryMap,
-    MiB,
-    Placement,
-    machine_memory_map,
-    parse_machine,
-)
+from migstream.ram.layout import FOUR_GIB, GiB, MemoryMap, MiB, Placement
 
 
 def _corpus_dir() -> Path:
@@ -72,7 +65,7 @@ def _assert_consistent(mm: MemoryMap, blocks: list[tuple[str, int]]) -> None:
 def test_corpus_ram_covers_pmemsave_ranges(stream: dict[str, Any], source: str) -> None:
     blocks = _blocks(stream)
     machine = _config_machine(stream) if source == "config" else stream["machine_resolved"]
-    mm = machine_memory_map(blocks, machine=machine, arch=None)
+    mm = memory_map(blocks, machine=machine, arch=None)
     _assert_consistent(mm, blocks)
     expected = tuple((r["gpa"], r["size"]) for r in stream["pmemsave"]["ranges"])
     assert mm.ram_ranges() == expected, mm.describe()
@@ -99,7 +92,7 @@ def test_corpus_q35_highmem_offsets() -> None:
     streams = [s for s in CORPUS if s["id"].endswith("/q35-3G-highmem")]
     assert streams
     for stream in streams:
-        mm = machine_memory_map(_blocks(stream), machine=_config_machine(stream), arch="x86_64")
+        mm = memory_map(_blocks(stream), machine=_config_machine(stream), arch="x86_64")
         assert mm.placements_of("pc.ram") == (
             Placement("pc.ram", 0, 0, 2 * GiB),
             Placement("pc.ram", 2 * GiB, FOUR_GIB, 1 * GiB),
@@ -118,7 +111,7 @@ def test_corpus_firmware_agrees_with_mr_addr() -> None:
         mr = {b["name"]: b["mr_addr"] for b in raw if "mr_addr" in b}
         if not mr:
             continue
-        mm = machine_memory_map(_blocks(stream), machine=_config_machine(stream), arch=None)
+        mm = memory_map(_blocks(stream), machine=_config_machine(stream), arch=None)
         assert mm.gpa_of("pc.bios", 0) == mr["pc.bios"]
         assert "pc.rom" in mm.unplaced and mr["pc.rom"] == 0xC0000
         checked += 1
@@ -149,7 +142,7 @@ def _ram(mm: MemoryMap) -> list[tuple[int, int, int]]:
     ],
 )
 def test_x86_split(machine: str, ram: int, expected: list[tuple[int, int, int]]) -> None:
-    mm = machine_memory_map([("pc.ram", ram), ("pc.bios", 256 * 1024)], machine=machine, arch=None)
+    mm = memory_map([("pc.ram", ram), ("pc.bios", 256 * 1024)], machine=machine, arch=None)
     assert _ram(mm) == expected
     assert mm.gpa_of("pc.bios", 0) == FOUR_GIB - 256 * 1024
     assert mm.arch == "x86_64"
@@ -163,7 +156,7 @@ def test_x86_rom_and_isa_bios_are_not_placed() -> None:
         ("/rom@etc/acpi/tables", 128 * 1024),
         ("0000:00:02.0/e1000.rom", 256 * 1024),
     ]
-    mm = machine_memory_map(blocks, machine="pc-i440fx-7.2", arch="x86_64")
+    mm = memory_map(blocks, machine="pc-i440fx-7.2", arch="x86_64")
     assert mm.unplaced == ("pc.rom", "/rom@etc/acpi/tables", "0000:00:02.0/e1000.rom")
     assert any("pc.rom" in n and "pc.ram" in n for n in mm.notes)
     assert any("0xe0000" in n for n in mm.notes)  # ISA BIOS window reported
@@ -173,7 +166,7 @@ def test_x86_rom_and_isa_bios_are_not_placed() -> None:
 
 def test_x86_pflash_stack_below_4g() -> None:
     blocks = [("pc.ram", 1 * GiB), ("system.flash0", 4 * MiB), ("system.flash1", 512 * 1024)]
-    mm = machine_memory_map(blocks, machine="pc-q35-9.2", arch=None)
+    mm = memory_map(blocks, machine="pc-q35-9.2", arch=None)
     assert mm.gpa_of("system.flash0", 0) == FOUR_GIB - 4 * MiB
     assert mm.gpa_of("system.flash1", 0) == FOUR_GIB - 4 * MiB - 512 * 1024
 
@@ -185,7 +178,7 @@ def test_memory_backend_named_main_block() -> None:
         ("mem0", 3 * GiB),
         ("vga.vram", 16 * MiB),
     ]
-    mm = machine_memory_map(blocks, machine="pc-q35-10.0", arch=None)
+    mm = memory_map(blocks, machine="pc-q35-10.0", arch=None)
     assert _ram(mm) == [(0, 0, 2 * GiB), (2 * GiB, FOUR_GIB, 1 * GiB)]
     assert {p.block for p in mm.placements if p.kind == "ram"} == {"mem0"}
     assert any("mem0" in n and "largest" in n for n in mm.notes)
@@ -199,7 +192,7 @@ def test_aarch64_virt() -> None:
         ("virt.flash1", 64 * MiB),
         ("/rom@etc/acpi/rsdp", 4096),
     ]
-    mm = machine_memory_map(blocks, machine="virt-10.0", arch="aarch64")
+    mm = memory_map(blocks, machine="virt-10.0", arch="aarch64")
     assert mm.placements == (
         Placement("virt.flash0", 0, 0, 64 * MiB, "firmware"),
         Placement("virt.flash1", 0, 0x0400_0000, 64 * MiB, "firmware"),
@@ -219,16 +212,16 @@ def test_aarch64_virt() -> None:
     ],
 )
 def test_ram_at_zero(machine: str | None, block: str, arch: str) -> None:
-    mm = machine_memory_map([(block, 256 * MiB)], machine=machine, arch=None)
+    mm = memory_map([(block, 256 * MiB)], machine=machine, arch=None)
     assert mm.placements == (Placement(block, 0, 0, 256 * MiB),)
     assert mm.arch == arch
 
 
 def test_unknown_machine_and_override() -> None:
-    mm = machine_memory_map([("microvm.ram", 64 * MiB)], machine="microvm", arch="x86_64")
+    mm = memory_map([("microvm.ram", 64 * MiB)], machine="microvm", arch="x86_64")
     assert mm.placements == () and mm.unplaced == ("microvm.ram",)
     assert any("microvm" in n and "--map" in n for n in mm.notes)
-    mm = machine_memory_map(
+    mm = memory_map(
         [("microvm.ram", 64 * MiB)], machine="microvm", arch=None, overrides={"microvm.ram": 0x1000}
     )
     assert mm.placements == (Placement("microvm.ram", 0, 0x1000, 64 * MiB, "override"),)
@@ -236,7 +229,7 @@ def test_unknown_machine_and_override() -> None:
 
 def test_override_replaces_default_and_rom_placement() -> None:
     blocks = [("pc.ram", 64 * MiB), ("pc.rom", 128 * 1024), ("vga.vram", 16 * MiB)]
-    mm = machine_memory_map(
+    mm = memory_map(
         blocks, machine="pc", arch=None, overrides={"pc.ram": 0x1_0000_0000, "vga.vram": 0xFD00_0000}
     )
     assert mm.placements_of("pc.ram") == (Placement("pc.ram", 0, 0x1_0000_0000, 64 * MiB, "override"),)
@@ -259,12 +252,12 @@ def test_usage_errors(kwargs: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"machine": "pc-i440fx-10.0", "arch": None}
     args.update(kwargs)
     with pytest.raises(UsageError, match=message):
-        machine_memory_map([("pc.ram", 64 * MiB), ("vga.vram", 16 * MiB)], **args)
+        memory_map([("pc.ram", 64 * MiB), ("vga.vram", 16 * MiB)], **args)
 
 
 def test_duplicate_block_is_an_error() -> None:
     with pytest.raises(UsageError, match="twice"):
-        machine_memory_map([("pc.ram", 4096), ("pc.ram", 4096)], machine="pc", arch=None)
+        memory_map([("pc.ram", 4096), ("pc.ram", 4096)], machine="pc", arch=None)
 
 
 def test_parse_machine() -> None:
@@ -279,7 +272,7 @@ def test_parse_machine() -> None:
 
 
 def test_describe_and_json() -> None:
-    mm = machine_memory_map(
+    mm = memory_map(
         [("pc.ram", 3 * GiB), ("pc.bios", 256 * 1024), ("pc.rom", 128 * 1024)],
         machine="pc-q35-7.2",
         arch=None,
@@ -301,6 +294,6 @@ def test_describe_and_json() -> None:
 def test_no_machine_name_backend_block() -> None:
     """Old stream, RAM in a memory backend: firmware names tell the family."""
     blocks = [("ram0", 64 * MiB), ("pc.bios", 256 * 1024), ("pc.rom", 128 * 1024)]
-    mm = machine_memory_map(blocks, machine=None, arch=None)
+    mm = memory_map(blocks, machine=None, arch=None)
     assert mm.family == "pc" and mm.arch == "x86_64"
     assert mm.placements_of("ram0") == (Placement("ram0", 0, 0, 64 * MiB),)

@@ -1,15 +1,33 @@
-"""vCPU register state, as decoded from the CPU device sections."""
+"""What an architecture module describes: vCPU state, and the :class:`Arch` record itself.
+
+Each guest architecture has one module (``x86_64``, ``aarch64``, ``ppc64``,
+``s390x``) that ends with one :class:`Arch` value; :mod:`migstream.arch` keeps
+them in a registry.  An :class:`Arch` says how to decode the registers of its
+``cpu`` sections, how the monitor prints them, which ELF notes a core file
+carries for them, how its machine families lay RAM out in guest-physical
+memory, and what tells a stream of that architecture apart.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from migstream.ram.layout import Placement
+from migstream.vmstate.values import Struct
+
+if TYPE_CHECKING:
+    from migstream.arch.cpu_fields import CpuFields
+    from migstream.arch.elf_notes import ElfNote
 
 #: A register is an integer, or a small record of integers (x86 segments:
 #: selector/base/limit/flags; descriptor tables: base/limit).
 RegisterValue = int | Mapping[str, int]
 
-ARCHES = ("x86_64", "aarch64", "ppc64", "s390x")
+#: A machine type version, ``(major, minor)``; None for an alias such as ``pc``.
+MachineVersion = tuple[int, int] | None
 
 
 @dataclass(frozen=True)
@@ -33,3 +51,84 @@ class CpuState:
             "arch": self.arch,
             "registers": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.registers.items()},
         }
+
+
+#: Main RAM placement of a family: ``(family, version, block, size, notes)`` -> placements.
+PlaceRam = Callable[[str, MachineVersion, str, int, list[str]], list[Placement]]
+#: Firmware of a family: ``(family, block sizes, notes)`` -> GPA of each firmware block present.
+PlaceFirmware = Callable[[str, Mapping[str, int], list[str]], dict[str, int]]
+
+
+def _no_firmware(family: str, sizes: Mapping[str, int], notes: list[str]) -> dict[str, int]:
+    return {}
+
+
+@dataclass(frozen=True)
+class MachineFamily:
+    """One machine family (``pc``, ``q35``, ``virt``...) and how it lays out guest RAM.
+
+    ``patterns`` match its machine type names; a first group pair, when the
+    pattern has one, is the machine version.  ``implied_note`` is added to the
+    note that says the family was guessed from the RAM block names.
+    """
+
+    name: str
+    patterns: tuple[re.Pattern[str], ...]
+    main_ram_block: str
+    place_ram: PlaceRam
+    firmware: PlaceFirmware = _no_firmware
+    implied_note: str = ""
+
+
+@dataclass(frozen=True)
+class DetectionHints:
+    """What tells a stream of this architecture apart, strongest first.
+
+    ``machine``: a pattern on the machine type; ``firmware_blocks``: RAM blocks
+    that only its machines have (besides the main RAM blocks of its families);
+    ``sections``: section idstrs only it has; ``cpu_fields``: fields that all
+    appear in its decoded ``cpu`` section.
+    """
+
+    machine: re.Pattern[str]
+    firmware_blocks: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    cpu_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Everything migstream knows of one guest architecture."""
+
+    name: str
+    #: ELF ``e_machine`` of its core files.
+    elf_machine: int
+    #: Byte order of the guest (and of its ELF core, unless :attr:`elf_byteorder_of` says otherwise).
+    byteorder: str
+    #: Registers of one vCPU from its ``cpu`` section; may add to the extra state dict.
+    decode: Callable[[CpuFields, dict[str, int]], dict[str, RegisterValue]]
+    #: ``info registers`` lines of one vCPU (without the ``CPU#n`` line).
+    format: Callable[[CpuState], list[str]]
+    #: The ELF notes of all vCPUs (sorted by index), in the file's byte order.
+    elf_notes: Callable[[str, Sequence[CpuState]], list[ElfNote]]
+    #: Its machine families, for the guest-physical memory layout.
+    families: tuple[MachineFamily, ...]
+    detect: DetectionHints
+    #: Byte order of a core file when it depends on the vCPU state (ppc64).
+    elf_byteorder_of: Callable[[Sequence[CpuState]], str] | None = None
+    #: Built-in layouts of sections that may come without a description:
+    #: ``(buf, idstr, version_id, start, end, section)`` -> decoded state, or None.
+    decode_builtin: Callable[[memoryview, str, int, int, int, str], Struct | None] | None = None
+    #: What the diagnostics say of a section decoded with :attr:`decode_builtin`.
+    builtin_note: str = ""
+
+    def elf_byteorder(self, cpus: Sequence[CpuState]) -> str:
+        """The byte order QEMU's ``dump-guest-memory`` would give a core of these vCPUs."""
+        if self.elf_byteorder_of is None:
+            return self.byteorder
+        return self.elf_byteorder_of(cpus)
+
+    @property
+    def ram_blocks(self) -> tuple[str, ...]:
+        """Main RAM block names of its machines (first family first)."""
+        return tuple(dict.fromkeys(f.main_ram_block for f in self.families))

@@ -80,7 +80,7 @@ def cmd_cpus(args: argparse.Namespace) -> int:
         if args.json:
             print_json([c.to_json() for c in cpus])
         else:
-            from migstream.arch.text import format_cpus
+            from migstream.arch import format_cpus
 
             sys.stdout.write(format_cpus(cpus))
         return partial_exit(PROG, stream.truncated)

@@ -1,4 +1,6 @@
-"""Built-in layouts for the leading fields of well-known device sections.
+"""x86-64: the built-in layout of the leading fields of the ``cpu`` section.
+
+QEMU: target/i386/machine.c (vmstate_x86_cpu, version 12).
 
 Streams without a JSON description (suppress-vmdesc machines, postcopy) still
 carry CPU state.  The leading fields of the x86-64 ``cpu`` section (version 12,

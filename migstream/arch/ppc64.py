@@ -1,0 +1,226 @@
+"""ppc64: registers, ``info registers`` text, ELF notes, ``pseries`` memory layout.
+
+QEMU: target/ppc/machine.c (vmstate_ppc_cpu), target/ppc/cpu_init.c (ppc_cpu_dump_state),
+target/ppc/arch_dump.c (ppc64_cpu_write_elf64_note, cpu_get_dump_info), hw/ppc/spapr.c.
+
+Registers decoded (all unsigned): ``r0..r31``, ``nip``, ``msr``, ``cr`` (the
+eight 4-bit fields, field 0 most significant), and from the SPR array: ``xer``
+(saved there whole, with its SO/OV/CA bits), ``lr``, ``ctr``, ``srr0``,
+``srr1``, ``sprg0..7`` and a few others that the monitor shows.
+
+ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.  The byte order of the
+core follows the interrupt endianness of the first vCPU.
+
+Memory layout of ``pseries``: RAM at 0.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+
+from migstream.arch.cpu_fields import CpuFields
+from migstream.arch.cpu_text import hex_reg, int_reg
+from migstream.arch.elf_notes import (
+    NOTE_NAME_CORE,
+    NT_PRFPREG,
+    NT_PRSTATUS,
+    ElfNote,
+    prstatus,
+    reg,
+    reg_value,
+    struct_order,
+)
+from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
+from migstream.errors import StreamFormatError
+from migstream.ram.layout import Placement
+
+NAME = "ppc64"
+
+# ----------------------------------------------------------------------- registers
+
+# Indexes into the SPR array (architected SPR numbers).
+_PPC_SPRS: tuple[tuple[str, int], ...] = (
+    ("xer", 1),
+    ("lr", 8),
+    ("ctr", 9),
+    ("dsisr", 18),
+    ("dar", 19),
+    ("srr0", 26),
+    ("srr1", 27),
+    ("cfar", 28),
+    ("vrsave", 256),
+    ("sprg0", 272),
+    ("sprg1", 273),
+    ("sprg2", 274),
+    ("sprg3", 275),
+    ("sprg4", 276),
+    ("sprg5", 277),
+    ("sprg6", 278),
+    ("sprg7", 279),
+    ("pvr", 287),
+    ("hsrr0", 314),
+    ("hsrr1", 315),
+    ("lpcr", 318),
+    ("ptcr", 464),
+    ("hid0", 1008),
+)
+
+
+def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
+    regs: dict[str, RegisterValue] = {}
+    for n, value in enumerate(f.uints("env.gpr", 64, count=32)):
+        regs[f"r{n}"] = value
+    regs["nip"] = f.uint("env.nip")
+    regs["msr"] = f.uint("env.msr")
+    crf = f.uints("env.crf", 32, count=8)
+    cr = 0
+    for field in crf:
+        cr = (cr << 4) | (field & 0xF)
+    regs["cr"] = cr
+    sprs = f.uints("env.spr", 64)
+    for name, number in _PPC_SPRS:
+        if number < len(sprs):
+            regs[name] = sprs[number]
+    for required in ("xer", "lr", "ctr"):
+        if required not in regs:
+            raise StreamFormatError(
+                "SPR array too short",
+                section=f.section,
+                field="env.spr",
+                expected=">= 10 entries",
+                found=len(sprs),
+            )
+    fpu = f.sub("cpu/fpu")
+    if fpu is not None and fpu.has("env.fpscr"):
+        regs["fpscr"] = fpu.uint("env.fpscr")
+    return regs
+
+
+# ------------------------------------------------------------ info registers text
+
+
+def _ppc_cr_fields(cr: int) -> str:
+    out = []
+    for n in range(8):
+        field = (cr >> (28 - 4 * n)) & 0xF
+        rel = "L" if field & 8 else "G" if field & 4 else "E" if field & 2 else "-"
+        out.append(rel + ("O" if field & 1 else " "))
+    return "[ " + " ".join(out) + " ]"
+
+
+def _format(cpu: CpuState) -> list[str]:
+    regs = cpu.registers
+    lines = [
+        f"NIP {hex_reg(regs, 'nip', 16)}   LR {hex_reg(regs, 'lr', 16)} CTR {hex_reg(regs, 'ctr', 16)} "
+        f"XER {hex_reg(regs, 'xer', 16)} CPU#{cpu.index}"
+    ]
+    msr_line = f"MSR {hex_reg(regs, 'msr', 16)}"
+    if "hid0" in regs:
+        msr_line += f" HID0 {hex_reg(regs, 'hid0', 16)}"
+    lines.append(msr_line)
+    for row in range(0, 32, 4):
+        lines.append(f"GPR{row:02d} " + " ".join(hex_reg(regs, f"r{n}", 16) for n in range(row, row + 4)))
+    cr = int_reg(regs, "cr")
+    lines.append(f"CR {hex_reg(regs, 'cr', 8)}  " + (_ppc_cr_fields(cr) if cr is not None else ""))
+    if "fpscr" in regs:
+        lines.append(f"FPSCR {hex_reg(regs, 'fpscr', 16)}")
+
+    def spr_line(names: Sequence[str]) -> None:
+        present = [n for n in names if n in regs]
+        if present:
+            lines.append(" ".join(f"{n.upper():>5} {hex_reg(regs, n, 16)}" for n in present))
+
+    spr_line(("srr0", "srr1", "pvr", "vrsave"))
+    spr_line(("sprg0", "sprg1", "sprg2", "sprg3"))
+    spr_line(("sprg4", "sprg5", "sprg6", "sprg7"))
+    spr_line(("hsrr0", "hsrr1"))
+    spr_line(("cfar",))
+    spr_line(("lpcr",))
+    spr_line(("ptcr", "dar", "dsisr"))
+    return lines
+
+
+# ----------------------------------------------------------------------- ELF notes
+
+EM_PPC64 = 21
+#: ``struct elf_prstatus`` size on ppc64 Linux.
+PRSTATUS_SIZE = 504
+#: Register order of ``pr_reg`` (Linux ``pt_regs``), padded with zeros to PPC64_NGREG.
+# fmt: off
+PPC64_PR_REG = tuple(f"gpr{i}" for i in range(32)) + (
+    "nip", "msr", "orig_gpr3", "ctr", "link", "xer", "ccr", "softe", "trap", "dar", "dsisr", "result"
+)
+# fmt: on
+PPC64_NGREG = 48
+#: LPCR interrupt-little-endian bit, MSR little-endian bit.
+PPC_LPCR_ILE = 1 << 25
+PPC_MSR_LE = 1
+
+
+def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
+    e = struct_order(byteorder)
+    aliases = {"link": ("lr", "link"), "ccr": ("cr", "ccr")}
+    out: list[ElfNote] = []
+    for cpu in cpus:
+        regs = []
+        for name in PPC64_PR_REG:
+            if name.startswith("gpr"):
+                regs.append(reg(cpu, "r" + name[3:], name))
+            else:
+                regs.append(reg(cpu, *aliases.get(name, (name,))))
+        regs += [0] * (PPC64_NGREG - len(regs))
+        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, f"{PPC64_NGREG}Q", regs)
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
+        fp = [reg(cpu, f"f{i}", f"fpr{i}") for i in range(32)] + [reg(cpu, "fpscr")]
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PRFPREG, struct.pack(e + "33Q", *fp)))
+    return out
+
+
+def _elf_byteorder(cpus: Sequence[CpuState]) -> str:
+    """Little endian when the first vCPU takes interrupts little endian, else big.
+
+    LPCR ILE decides when the vCPU state has ``lpcr``, else MSR LE; big endian
+    otherwise (firmware such as SLOF runs big endian).
+    """
+    if not cpus:
+        return "big"
+    first = min(cpus, key=lambda c: c.index)
+    lpcr = reg_value(first, "lpcr")
+    if isinstance(lpcr, int):
+        return "little" if lpcr & PPC_LPCR_ILE else "big"
+    msr = reg_value(first, "msr")
+    if isinstance(msr, int):
+        return "little" if msr & PPC_MSR_LE else "big"
+    return "big"
+
+
+# ------------------------------------------------------------------- memory layout
+
+
+def _place_ram(
+    family: str, version: MachineVersion, block: str, size: int, notes: list[str]
+) -> list[Placement]:
+    return [Placement(block, 0, 0, size)]
+
+
+# -------------------------------------------------------------------- description
+
+ARCH = Arch(
+    name=NAME,
+    elf_machine=EM_PPC64,
+    byteorder="big",
+    decode=_decode,
+    format=_format,
+    elf_notes=_elf_notes,
+    elf_byteorder_of=_elf_byteorder,
+    families=(
+        MachineFamily("pseries", (re.compile(r"^pseries(?:-(\d+)\.(\d+))?"),), "ppc_spapr.ram", _place_ram),
+    ),
+    detect=DetectionHints(
+        machine=re.compile(r"^pseries|^powernv"),
+        sections=("spapr", "spapr/htab"),
+        cpu_fields=("env.gpr", "env.nip"),
+    ),
+)

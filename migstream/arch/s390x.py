@@ -1,0 +1,137 @@
+"""s390x: registers, ``info registers`` text, ELF notes, ``s390-ccw-virtio`` memory layout.
+
+QEMU: target/s390x/machine.c (vmstate_s390_cpu), target/s390x/cpu-dump.c (s390_cpu_dump_state),
+target/s390x/arch_dump.c (s390_cpu_write_elf64_note), hw/s390x/s390-virtio-ccw.c.
+
+Registers decoded (all unsigned): ``r0..r15``, ``psw_mask``, ``psw_addr``,
+``cr0..cr15``.  Under TCG the condition code lives outside the PSW while the
+guest runs and is not saved; the CC field of ``psw_mask`` is the one of the last
+PSW load, which the monitor (merging the live condition code) may show
+differently.
+
+ELF notes per vCPU: ``NT_PRSTATUS``, ``NT_PRFPREG``, then ("LINUX")
+``NT_S390_PREFIX``, ``NT_S390_CTRS``, ``NT_S390_TIMER``, ``NT_S390_TODCMP``,
+``NT_S390_TODPREG``.
+
+Memory layout of ``s390-ccw-virtio``: RAM at 0.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+
+from migstream.arch.cpu_fields import CpuFields
+from migstream.arch.cpu_text import hex_reg, int_reg, rows
+from migstream.arch.elf_notes import (
+    MASK32,
+    NOTE_NAME_CORE,
+    NOTE_NAME_LINUX,
+    NT_PRFPREG,
+    NT_PRSTATUS,
+    ElfNote,
+    prstatus,
+    reg,
+    struct_order,
+)
+from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
+from migstream.ram.layout import Placement
+
+NAME = "s390x"
+
+# ----------------------------------------------------------------------- registers
+
+
+def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
+    regs: dict[str, RegisterValue] = {}
+    for n, value in enumerate(f.uints("env.regs", 64, count=16)):
+        regs[f"r{n}"] = value
+    regs["psw_mask"] = f.uint("env.psw.mask")
+    regs["psw_addr"] = f.uint("env.psw.addr")
+    if f.has("env.cregs"):
+        for n, value in enumerate(f.uints("env.cregs", 64, count=16)):
+            regs[f"cr{n}"] = value
+    return regs
+
+
+# ------------------------------------------------------------ info registers text
+
+
+def _format(cpu: CpuState) -> list[str]:
+    regs = cpu.registers
+    mask = int_reg(regs, "psw_mask")
+    # The condition code as saved in the PSW mask (see the module docstring).
+    cc = f" cc {(mask >> 44) & 3:02x}" if mask is not None else ""
+    lines = [f"PSW=mask {hex_reg(regs, 'psw_mask', 16)} addr {hex_reg(regs, 'psw_addr', 16)}{cc}"]
+    lines += rows([f"R{n:02d}={hex_reg(regs, f'r{n}', 16)}" for n in range(16)], 4)
+    if any(f"cr{n}" in regs for n in range(16)):
+        lines += rows([f"C{n:02d}={hex_reg(regs, f'cr{n}', 16)}" for n in range(16)], 4)
+    return lines
+
+
+# ----------------------------------------------------------------------- ELF notes
+
+EM_S390 = 22
+#: ``struct elf_prstatus`` size on s390x Linux.
+PRSTATUS_SIZE = 336
+NT_S390_TIMER = 0x301
+NT_S390_TODCMP = 0x302
+NT_S390_TODPREG = 0x303
+NT_S390_CTRS = 0x304
+NT_S390_PREFIX = 0x305
+
+
+def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
+    e = struct_order(byteorder)
+    out: list[ElfNote] = []
+    for cpu in cpus:
+        regs = [reg(cpu, "psw_mask"), reg(cpu, "psw_addr")]
+        regs += [reg(cpu, f"r{i}", f"gpr{i}") for i in range(16)]
+        regs += [reg(cpu, f"a{i}", f"acr{i}", mask=MASK32) for i in range(16)]
+        regs.append(reg(cpu, "orig_gpr2"))
+        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, "18Q16IQ", regs)
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
+        fp = struct.pack(e + "II", reg(cpu, "fpc", mask=MASK32), 0)
+        fp += struct.pack(e + "16Q", *(reg(cpu, f"f{i}", f"fpr{i}") for i in range(16)))
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PRFPREG, fp))
+        prefix = struct.pack(e + "I", reg(cpu, "prefix", "psa", mask=MASK32))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_PREFIX, prefix))
+        ctrs = struct.pack(e + "16Q", *(reg(cpu, f"cr{i}") for i in range(16)))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_CTRS, ctrs))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_TIMER, struct.pack(e + "Q", reg(cpu, "cputm"))))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_TODCMP, struct.pack(e + "Q", reg(cpu, "ckc"))))
+        todpr = struct.pack(e + "I", reg(cpu, "todpr", mask=MASK32))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_TODPREG, todpr))
+    return out
+
+
+# ------------------------------------------------------------------- memory layout
+
+
+def _place_ram(
+    family: str, version: MachineVersion, block: str, size: int, notes: list[str]
+) -> list[Placement]:
+    return [Placement(block, 0, 0, size)]
+
+
+# -------------------------------------------------------------------- description
+
+ARCH = Arch(
+    name=NAME,
+    elf_machine=EM_S390,
+    byteorder="big",
+    decode=_decode,
+    format=_format,
+    elf_notes=_elf_notes,
+    families=(
+        MachineFamily(
+            "s390-ccw-virtio", (re.compile(r"^s390-ccw-virtio(?:-(\d+)\.(\d+))?"),), "s390.ram", _place_ram
+        ),
+    ),
+    detect=DetectionHints(
+        machine=re.compile(r"^s390"),
+        sections=("s390-skeys",),
+        cpu_fields=("env.psw.mask", "env.psw.addr"),
+    ),
+)
