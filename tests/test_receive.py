@@ -157,6 +157,16 @@ def test_empty_connection_is_not_a_channel(tmp_path: Path, pool: ThreadPoolExecu
     assert fut.result(timeout=30).complete
 
 
+def test_idle_probe_does_not_hold_the_end(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    rcv, fut = _start(pool, tmp_path / "cap")
+    probe = _send(rcv, close=False)
+    try:
+        _send(rcv, _main_stream(4096))
+        assert fut.result(timeout=30).complete
+    finally:
+        probe.close()
+
+
 def test_junk_connection_is_refused(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
     rcv, fut = _start(pool, tmp_path / "cap")
     _send(rcv, b"GET / HTTP/1.0\r\n\r\n", close=False)

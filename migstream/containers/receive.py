@@ -169,8 +169,19 @@ class Receiver:
         self.directory = Path(directory)
         self.timeout = timeout
         self.max_connections = max_connections
-        self._prepare_directory(force)
+        old = existing_outputs(self.directory)
+        if old and not force:
+            raise UsageError(f"{old[0]} exists (use --force to replace the capture in {self.directory})")
+        if self.directory.exists() and not self.directory.is_dir():
+            raise UsageError(f"{self.directory} exists and is not a directory")
         self._server = self._listen(address)
+        try:
+            for path in old:
+                path.unlink()
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except BaseException:
+            self._server.close()
+            raise
         self._unix_inode: int | None = None
         if address.kind == "tcp":
             host, port = self._server.getsockname()[:2]
@@ -178,16 +189,6 @@ class Receiver:
         else:
             self._unix_inode = os.stat(address.path).st_ino
         self._conns: list[_Conn] = []
-
-    def _prepare_directory(self, force: bool) -> None:
-        if self.directory.exists() and not self.directory.is_dir():
-            raise UsageError(f"{self.directory} exists and is not a directory")
-        old = existing_outputs(self.directory)
-        if old and not force:
-            raise UsageError(f"{old[0]} exists (use --force to replace the capture in {self.directory})")
-        for path in old:
-            path.unlink()
-        self.directory.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
     def _listen(address: Address) -> socket.socket:
@@ -242,7 +243,9 @@ class Receiver:
             self.close()
 
     def _finished(self) -> bool:
-        return bool(self._conns) and all(cn.closed for cn in self._conns) and self._main() is not None
+        # A connection that sent nothing (a port probe) is not part of the migration.
+        live = [cn for cn in self._conns if cn.kind or cn.head]
+        return self._main() is not None and all(cn.closed for cn in live)
 
     def _main(self) -> _Conn | None:
         return next((cn for cn in self._conns if cn.kind == "main"), None)
