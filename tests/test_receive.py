@@ -265,6 +265,21 @@ def test_stream_complete(tmp_path: Path) -> None:
         assert stream_complete(path) is want, data[-20:]
 
 
+def test_stream_complete_with_long_descriptions(tmp_path: Path) -> None:
+    """Descriptions longer than the window read at a time, the record straddling its edges."""
+    path = tmp_path / "s"
+    for length in [*range((1 << 20) - 8, (1 << 20) + 2), 3 << 20]:
+        b = StreamBuilder()
+        b.header()
+        b.padding(5000, byte=0x5A)
+        b.eof()
+        b.vmdescription(raw_json=b'{"x": "' + b"a" * (length - 9) + b'"}')
+        path.write_bytes(b.data())
+        assert stream_complete(path), length
+        path.write_bytes(b.data()[:-1] + b"}}")
+        assert not stream_complete(path), length
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -35,6 +35,7 @@ DEFAULT_MAX_CONNECTIONS = 64
 RECV_CHUNK = 4 << 20
 #: The JSON VM description that may follow the EOF record (longer ones are not looked for).
 MAX_TAIL_DESCRIPTION = 64 << 20
+_TAIL_WINDOW = 1 << 20
 
 #: MultiFDInit_t: magic, version, the source's uuid, the channel id, reserved bytes.
 _MULTIFD_INIT = struct.Struct(">II16sB")
@@ -130,20 +131,30 @@ def stream_complete(path: Path) -> bool:
     size = path.stat().st_size
     if size < _MAGIC_SIZE + 1:
         return False
-    with open(path, "rb") as f:
-        start = max(0, size - MAX_TAIL_DESCRIPTION - 6)
-        f.seek(start)
-        tail = f.read()
-    if tail[-1:] == b"\x00":
-        return True
-    if tail[-1:] != b"}":
-        return False
     marker = bytes([c.RecordType.EOF, c.RecordType.VMDESCRIPTION])
-    at = tail.rfind(marker)
-    while at >= 0:
-        if at + 6 <= len(tail) and at + 6 + int.from_bytes(tail[at + 2 : at + 6], "big") == len(tail):
-            return tail[at + 6 : at + 7] == b"{"
-        at = tail.rfind(marker, 0, at)
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        last = f.read(1)
+        if last == b"\x00":
+            return True
+        if last != b"}":
+            return False
+        # Look backwards, a window at a time, for the record whose length ends at the end.
+        end, lowest = size, max(0, size - MAX_TAIL_DESCRIPTION - 6)
+        while end > lowest:
+            start = max(lowest, end - _TAIL_WINDOW)
+            f.seek(start)
+            window = f.read(min(size, end + 5) - start)
+            at = window.rfind(marker)
+            while at >= 0:
+                if (
+                    at + 6 <= len(window)
+                    and start + at + 6 + int.from_bytes(window[at + 2 : at + 6], "big") == size
+                ):
+                    f.seek(start + at + 6)
+                    return f.read(1) == b"{"
+                at = window.rfind(marker, 0, at)
+            end = start
     return False
 
 
