@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import selectors
 import socket
 import struct
 import subprocess
@@ -125,6 +126,24 @@ def test_main_and_channels_byte_exact_in_channel_id_order(tmp_path: Path, pool: 
     assert [p.name for p in result.channels] == ["multifd-1.bin", "multifd-2.bin"]
     assert result.channels[0].read_bytes() == ch0 and result.channels[1].read_bytes() == ch1
     assert result.channel_bytes == [len(ch0), len(ch1)]
+
+
+class _SlowAccept(Receiver):
+    """Accepts the next connection only once every accepted one is closed: the main stream
+    ends while a channel still waits in the listen queue."""
+
+    def _accept(self, sel: selectors.BaseSelector, limit: int = 1) -> int:
+        if not all(cn.closed for cn in self._conns):
+            return 0
+        return super()._accept(sel, 1)
+
+
+def test_channel_still_in_the_listen_queue_is_received(tmp_path: Path, pool: ThreadPoolExecutor) -> None:
+    rcv = _SlowAccept(parse_address("tcp:127.0.0.1:0"), tmp_path / "cap")
+    _send(rcv, _main_stream(4096))
+    _send(rcv, _init_packet(0) + b"late")
+    result = pool.submit(rcv.run).result(timeout=30)
+    assert [p.read_bytes()[64:] for p in result.channels] == [b"late"]
 
 
 def test_channel_ids_with_gaps_are_numbered_from_one(tmp_path: Path, pool: ThreadPoolExecutor) -> None:

@@ -235,7 +235,10 @@ class Receiver:
         try:
             sel.register(self._server, selectors.EVENT_READ, None)
             last = time.monotonic()
-            while not self._finished():
+            while True:
+                # A channel still waiting in the listen queue is part of the migration too.
+                if self._finished() and not self._accept(sel):
+                    break
                 events = sel.select(timeout=min(1.0, self.timeout))
                 if not events:
                     if time.monotonic() - last > self.timeout:
@@ -261,12 +264,14 @@ class Receiver:
     def _main(self) -> _Conn | None:
         return next((cn for cn in self._conns if cn.kind == "main"), None)
 
-    def _accept(self, sel: selectors.BaseSelector) -> None:
-        while True:
+    def _accept(self, sel: selectors.BaseSelector, limit: int = DEFAULT_MAX_CONNECTIONS + 1) -> int:
+        """Accept what waits in the listen queue (at most ``limit``); returns how many."""
+        accepted = 0
+        while accepted < limit:
             try:
                 sock, peer = self._server.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             if len(self._conns) >= self.max_connections:
                 sock.close()
                 raise ReceiveError(f"more than {self.max_connections} connections to {self.address}")
@@ -276,6 +281,8 @@ class Receiver:
             conn = _Conn(sock, _peer_name(peer, self.address))
             self._conns.append(conn)
             sel.register(sock, selectors.EVENT_READ, conn)
+            accepted += 1
+        return accepted
 
     def _read(self, sel: selectors.BaseSelector, conn: _Conn, view: memoryview) -> None:
         try:
