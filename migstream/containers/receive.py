@@ -186,37 +186,40 @@ class Receiver:
         if self.directory.exists() and not self.directory.is_dir():
             raise UsageError(f"{self.directory} exists and is not a directory")
         self._server = self._listen(address)
+        self._conns: list[_Conn] = []
+        self._unix_inode: int | None = None
         try:
+            if address.kind == "tcp":
+                host, port = self._server.getsockname()[:2]
+                self.address = Address("tcp", host=host, port=port)
+            else:
+                self._unix_inode = os.stat(address.path).st_ino
             for path in old:
                 path.unlink()
             self.directory.mkdir(parents=True, exist_ok=True)
         except BaseException:
-            self._server.close()
+            self.close()
             raise
-        self._unix_inode: int | None = None
-        if address.kind == "tcp":
-            host, port = self._server.getsockname()[:2]
-            self.address = Address("tcp", host=host, port=port)
-        else:
-            self._unix_inode = os.stat(address.path).st_ino
-        self._conns: list[_Conn] = []
 
     @staticmethod
     def _listen(address: Address) -> socket.socket:
         try:
             if address.kind == "unix":
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.bind(address.path)
-                except BaseException:
-                    sock.close()
-                    raise
-                sock.listen(DEFAULT_MAX_CONNECTIONS)
             else:
                 family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-                sock = socket.create_server(
-                    (address.host, address.port), family=family, backlog=DEFAULT_MAX_CONNECTIONS
-                )
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                if address.kind == "tcp":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # accepted connections inherit it (and TCP its window scale)
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_CHUNK)
+                sock.bind(address.path if address.kind == "unix" else (address.host, address.port))
+                sock.listen(DEFAULT_MAX_CONNECTIONS)
+            except BaseException:
+                sock.close()
+                raise
         except socket.gaierror as exc:
             raise UsageError(f"cannot listen on {address}: {exc.strerror}") from None
         except OSError as exc:
@@ -276,8 +279,6 @@ class Receiver:
                 sock.close()
                 raise ReceiveError(f"more than {self.max_connections} connections to {self.address}")
             sock.setblocking(False)
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_CHUNK)
             conn = _Conn(sock, _peer_name(peer, self.address))
             self._conns.append(conn)
             sel.register(sock, selectors.EVENT_READ, conn)
