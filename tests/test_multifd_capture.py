@@ -57,6 +57,17 @@ class _Sink:
                 data += chunk
 
     def close(self) -> None:
+        # A channel may still wait in the listen queue when the source reports completion.
+        self.server.setblocking(False)
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                break
+            conn.setblocking(True)
+            data = bytearray()
+            self.captures.append(data)
+            self._read(conn, data)
         self.server.close()
         for t in self._threads:
             t.join(timeout=30)
