@@ -122,3 +122,23 @@ def test_real_arrays_of_empty_structs_still_decode(tmp_path: Path) -> None:
     path.write_bytes(_bomb_stream(1, 300))
     proc, _took = run_cli(["state", path, "--json"])
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# 5. silent wrong output
+
+
+def test_mapped_ram_page_size_mismatch_is_an_error(tmp_path: Path) -> None:
+    from test_records_cli import mapped_ram_stream
+
+    b = mapped_ram_stream()
+    data = bytearray(b.data())
+    header = b.mapped_ram["pc.ram"].bitmap_offset - 28  # be32 version, be64 page size, two be64 offsets
+    assert struct.unpack_from(">Q", data, header + 4)[0] == PS
+    struct.pack_into(">Q", data, header + 4, 2 * PS)
+    path = tmp_path / "mapped.mig"
+    path.write_bytes(bytes(data))
+    out = tmp_path / "mem.raw"
+    proc, _ = run_cli(["memory", path, "-o", out])
+    one_line_error(proc, "page size", "pc.ram", f"expected {PS:#x}", f"found {2 * PS:#x}")
+    assert not out.exists()

@@ -161,9 +161,14 @@ class RamDecoder:
 
     def _index_mapped(self, r: Reader, block: RamBlock, hdr: MappedRamHeader) -> None:
         ps = hdr.page_size
-        if ps <= 0 or ps & (ps - 1):
+        if ps != self.state.options.page_size:
             raise StreamFormatError(
-                "mapped-ram page size is not a power of two", offset=block.offset, section=r.context, found=ps
+                "mapped-ram header page size differs from the stream's page size",
+                offset=block.offset,
+                section=r.context,
+                field=f"ram.blocks[{block.name}].page_size",
+                expected=self.state.options.page_size,
+                found=ps,
             )
         npages = -(-block.size // ps)
         nbytes = -(-npages // 64) * 8
