@@ -142,3 +142,130 @@ def test_mapped_ram_page_size_mismatch_is_an_error(tmp_path: Path) -> None:
     proc, _ = run_cli(["memory", path, "-o", out])
     one_line_error(proc, "page size", "pc.ram", f"expected {PS:#x}", f"found {2 * PS:#x}")
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------
+# 6. only MigstreamError escapes the API
+
+
+def _api_misuses(path: Path, tmp: Path) -> list[tuple[str, Callable[[], object]]]:
+    closed = open(path, "rb")  # noqa: SIM115
+    closed.close()
+    text = open(path, encoding="latin-1")  # noqa: SIM115
+
+    def after_close(action: Callable[[migstream.Stream], object]) -> Callable[[], object]:
+        def call() -> object:
+            s = migstream.open(path)
+            s.close()
+            return action(s)
+
+        return call
+
+    def with_stream(action: Callable[[migstream.Stream], object]) -> Callable[[], object]:
+        def call() -> object:
+            with migstream.open(path) as s:
+                return action(s)
+
+        return call
+
+    def reader_after_close(make: Callable[[migstream.Stream], Any]) -> Callable[[], object]:
+        def call() -> object:
+            s = migstream.open(path)
+            reader = make(s)
+            s.close()
+            return reader.read(16)
+
+        return call
+
+    def closed_reader() -> object:
+        with migstream.open(path) as s:
+            reader = s.block("pc.ram")
+            reader.close()
+            return reader.read(16)
+
+    return [
+        ("read on a closed reader", closed_reader),
+        ("open(bytes path)", lambda: migstream.open(os.fsencode(path))),  # type: ignore[arg-type]
+        ("open(3)", lambda: migstream.open(3)),  # type: ignore[arg-type]
+        ("open(None)", lambda: migstream.open(None)),  # type: ignore[arg-type]
+        ("open(1.5)", lambda: migstream.open(1.5)),  # type: ignore[arg-type]
+        ("open(closed file)", lambda: migstream.open(closed)),
+        ("open(text file)", lambda: migstream.open(text)),  # type: ignore[arg-type]
+        ("open(missing)", lambda: migstream.open(tmp / "missing.mig")),
+        ("open(dir)", lambda: migstream.open(tmp)),
+        ("desc=5", lambda: migstream.open(path, desc=5)),  # type: ignore[arg-type]
+        ("desc=b'x'", lambda: migstream.open(path, desc=b"{}")),  # type: ignore[arg-type]
+        ("desc=[]", lambda: migstream.open(path, desc=[])),  # type: ignore[arg-type]
+        ("desc={}", lambda: migstream.open(path, desc={})),
+        ("desc={'devices': 3}", lambda: migstream.open(path, desc={"devices": 3})),
+        ("channels='ab'", lambda: migstream.open(path, channels="ab")),
+        ("channels=3", lambda: migstream.open(path, channels=3)),  # type: ignore[arg-type]
+        ("channels=[None]", lambda: migstream.open(path, channels=[None])),  # type: ignore[list-item]
+        ("snapshot=3", lambda: migstream.open(path, snapshot=3)),  # type: ignore[arg-type]
+        ("block('nope')", with_stream(lambda s: s.block("nope"))),
+        ("block(None)", with_stream(lambda s: s.block(None))),  # type: ignore[arg-type]
+        ("device('nope')", with_stream(lambda s: s.device("nope"))),
+        ("device(None, 'x')", with_stream(lambda s: s.device(None, "x"))),  # type: ignore[arg-type]
+        ("device('timer', -1)", with_stream(lambda s: s.device("timer", -1))),
+        ("physical().pread(-1, 5)", with_stream(lambda s: s.physical().pread(-1, 5))),
+        ("physical().pread(0, -5)", with_stream(lambda s: s.physical().pread(0, -5))),
+        ("physical().pread('0', 5)", with_stream(lambda s: s.physical().pread("0", 5))),  # type: ignore[arg-type]
+        ("physical().seek(-1)", with_stream(lambda s: s.physical().seek(-1))),
+        ("physical().seek(0, 7)", with_stream(lambda s: s.physical().seek(0, 7))),
+        ("block().pread(1 << 70, 5)", with_stream(lambda s: s.block("pc.ram").pread(1 << 70, 5))),
+        ("block().pread(-4096, 8192)", with_stream(lambda s: s.block("pc.ram").pread(-4096, 8192))),
+        ("physical({'pc.ram': -1})", with_stream(lambda s: s.physical({"pc.ram": -1}))),
+        ("physical({'pc.ram': 2**64})", with_stream(lambda s: s.physical({"pc.ram": 1 << 64}))),
+        ("physical({'pc.ram': 'x'})", with_stream(lambda s: s.physical({"pc.ram": "x"}))),  # type: ignore[dict-item]
+        ("memory_map({'nope': 0})", with_stream(lambda s: s.memory_map({"nope": 0}))),
+        ("block() after close", after_close(lambda s: s.block("pc.ram").read(16))),
+        ("physical() after close", after_close(lambda s: s.physical().read(16))),
+        ("cpus() after close", after_close(lambda s: s.cpus())),
+        ("block reader after close", reader_after_close(lambda s: s.block("pc.ram"))),
+        ("physical reader after close", reader_after_close(lambda s: s.physical())),
+    ]
+
+
+def test_api_misuse_raises_only_migstream_errors(tmp_path: Path) -> None:
+    path = tmp_path / "s.mig"
+    path.write_bytes(precopy_stream().data())
+    escaped = []
+    for label, call in _api_misuses(path, tmp_path):
+        try:
+            result = call()
+        except MigstreamError:
+            continue
+        except Exception as exc:  # noqa: BLE001 - that is what the test looks for
+            escaped.append(f"{label}: {type(exc).__name__}: {exc}")
+            continue
+        if hasattr(result, "close"):
+            result.close()
+    assert not escaped, "\n".join(escaped)
+
+
+@pytest.mark.parametrize(
+    ("size", "extra"),
+    [
+        ((1 << 63) + 4 * PS, []),  # block larger than any guest-physical space
+        (32 * PS, ["--map", "pc.ram=0xfffffffffffff000"]),  # ends past 2^64
+        (32 * PS, ["--map", "pc.ram=0x10000000000000000"]),  # address over 64 bits
+    ],
+)
+@pytest.mark.parametrize("command", ["memory", "extract"])
+def test_sizes_and_addresses_near_2_64(tmp_path: Path, size: int, extra: list[str], command: str) -> None:
+    b = StreamBuilder()
+    b.header()
+    b.configuration("pc-i440fx-10.0")
+    b.ram_start(1, [RamBlock("pc.ram", size), RamBlock("pc.bios", 4 * PS)])
+    b.section_part(1)
+    b.ram_page("pc.ram", 0, pg(1))
+    b.ram_eos()
+    finish(b)
+    path = b.write(tmp_path / "big.mig")
+    if command == "extract" and extra:
+        pytest.skip("extract takes no --map")
+    out = tmp_path / "out"
+    proc, _ = run_cli([command, path, "-o", out, *extra])
+    line = one_line_error(proc, "pc.ram")
+    assert "internal error" not in line
+    assert not out.exists() or (out.is_dir() and not any(out.rglob("*.raw")))

@@ -41,6 +41,8 @@ MiB = 1 << 20
 GiB = 1 << 30
 FOUR_GIB = 4 * GiB
 
+#: Guest-physical addresses are 64-bit: every placed range ends at or below this.
+GPA_LIMIT = 1 << 64
 #: Architectures this module knows, as in :mod:`migstream.model.cpu`.
 KNOWN_ARCHES = ("x86_64", "aarch64", "ppc64", "s390x")
 
@@ -390,8 +392,16 @@ def machine_memory_map(
                 expected=", ".join(sizes) or "(no blocks)",
                 found=name,
             )
+        if not isinstance(gpa, int) or isinstance(gpa, bool):
+            raise UsageError(f"--map {name}: the GPA {gpa!r} is not an integer")
         if gpa < 0:
             raise UsageError(f"--map {name}: negative GPA", found=gpa)
+        if gpa + sizes[name] > GPA_LIMIT:
+            raise UsageError(
+                f"--map {name}: the block would end past the 64-bit guest-physical space",
+                expected=f"<= {GPA_LIMIT - sizes[name]:#x}",
+                found=gpa,
+            )
 
     notes: list[str] = []
     family: str | None = None
