@@ -94,7 +94,9 @@ def _bomb_stream(levels: int, width: int) -> bytes:
         inner = {
             "vmsd_name": f"level{level}",
             "version": 1,
-            "fields": [{"name": f"a{level}", "type": "struct", "size": 0, "array_len": width, "struct": inner}],
+            "fields": [
+                {"name": f"a{level}", "type": "struct", "size": 0, "array_len": width, "struct": inner}
+            ],
         }
     b = StreamBuilder()
     b.header()
@@ -269,3 +271,115 @@ def test_sizes_and_addresses_near_2_64(tmp_path: Path, size: int, extra: list[st
     line = one_line_error(proc, "pc.ram")
     assert "internal error" not in line
     assert not out.exists() or (out.is_dir() and not any(out.rglob("*.raw")))
+
+
+# ---------------------------------------------------------------------------
+# 4. outputs that destroy things
+
+
+@pytest.fixture
+def small_stream(tmp_path: Path) -> Path:
+    return precopy_stream().write(tmp_path / "s.mig")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_memory_never_removes_a_device(tmp_path: Path, small_stream: Path) -> None:
+    node = tmp_path / "null"
+    os.mknod(node, 0o20666, os.makedev(1, 3))  # a private copy of /dev/null
+    proc, _ = run_cli(["memory", small_stream, "-o", node, "--force"])
+    one_line_error(proc, str(node), "not a regular file")
+    assert node.exists() and node.is_char_device()
+
+
+def test_memory_refuses_a_fifo_without_hanging(tmp_path: Path, small_stream: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for force in ([], ["--force"]):
+        try:
+            proc, took = run_cli(["memory", small_stream, "-o", fifo, *force], timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("writing to a FIFO hangs")
+        one_line_error(proc, str(fifo), "not a regular file")
+        assert took < 10
+        assert fifo.is_fifo()
+
+
+def test_memory_error_keeps_an_existing_file(tmp_path: Path, small_stream: Path) -> None:
+    """--force on a file, then a failure: the file is not unlinked (it was not created by this run)."""
+    out = tmp_path / "keep.raw"
+    out.write_bytes(b"x")
+    proc, _ = run_cli(["memory", small_stream, "-o", out, "--force"], fsize=4096)
+    one_line_error(proc, str(out))
+    assert out.exists()
+
+
+def test_memory_error_removes_what_it_created(tmp_path: Path, small_stream: Path) -> None:
+    out = tmp_path / "new.raw"
+    proc, _ = run_cli(["memory", small_stream, "-o", out], fsize=4096)
+    one_line_error(proc, str(out), "too large")
+    assert not out.exists()
+
+
+def _named_blocks_stream(names: Sequence[str]) -> StreamBuilder:
+    b = StreamBuilder()
+    b.header()
+    b.configuration("pc-i440fx-10.0")
+    b.ram_start(1, [RamBlock(name, 2 * PS) for name in names])
+    b.section_part(1)
+    for i, name in enumerate(names):
+        b.ram_page(name, 0, pg(100 + i))
+    b.ram_eos()
+    return finish(b)
+
+
+def test_extract_block_files_never_collide_with_its_own(tmp_path: Path) -> None:
+    names = ["desc.json", "index.json", "state.json", "ram", "pc.ram"]
+    b = _named_blocks_stream(names)
+    path = b.write(tmp_path / "named.mig")
+    out = tmp_path / "x"
+    proc, _ = run_cli(["extract", path, "-o", out])
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((out / "index.json").read_text())
+    desc = json.loads((out / "desc.json").read_text())
+    assert isinstance(desc.get("devices"), list)
+    assert "devices" in json.loads((out / "state.json").read_text()) or (out / "state.json").stat().st_size
+    files = {entry["block"]: entry["file"] for entry in index["blocks"]}
+    assert set(files) == set(names)
+    assert len(set(files.values())) == len(names)
+    for i, name in enumerate(names):
+        data = (out / files[name]).read_bytes()
+        assert data[:PS] == pg(100 + i), name
+        assert files[name] not in ("desc.json", "index.json", "state.json")
+
+
+def test_extract_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
+    b = _named_blocks_stream(["sub/dir/blk", "pc.ram"])
+    path = b.write(tmp_path / "named.mig")
+    out = tmp_path / "x"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out.mkdir()
+    (out / "ram").symlink_to(outside)
+    proc, _ = run_cli(["extract", path, "-o", out])
+    one_line_error(proc, "symbolic link")
+    assert list(outside.iterdir()) == []
+    # one level down too
+    (out / "ram").unlink()
+    (out / "ram").mkdir()
+    (out / "ram" / "sub").symlink_to(outside)
+    proc, _ = run_cli(["extract", path, "-o", out])
+    one_line_error(proc, "symbolic link")
+    assert list(outside.iterdir()) == []
+
+
+def test_extract_removes_its_files_when_the_disk_fills(tmp_path: Path) -> None:
+    b = _named_blocks_stream(["pc.ram"])
+    path = b.write(tmp_path / "s.mig")
+    out = tmp_path / "x"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    # The block file (2 pages) is larger than the file-size limit: the write fails with EFBIG.
+    proc, _ = run_cli(["extract", path, "-o", out], fsize=PS)
+    one_line_error(proc, "too large")
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    assert left == ["mine.txt"], left
