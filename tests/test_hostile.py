@@ -8,6 +8,7 @@ disk, and that nothing outside the requested output is touched.
 from __future__ import annotations
 
 import bz2
+import gzip
 import json
 import os
 import resource
@@ -124,6 +125,105 @@ def test_real_arrays_of_empty_structs_still_decode(tmp_path: Path) -> None:
     path.write_bytes(_bomb_stream(1, 300))
     proc, _took = run_cli(["state", path, "--json"])
     assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------
+# 2. temporary disk
+
+
+def test_bzip2_of_zeros_is_refused_before_expanding(tmp_path: Path) -> None:
+    """64 MiB of zeros in 200 bytes of bzip2: refused from the first decompressed bytes."""
+    bomb = tmp_path / "bomb.bin"
+    bomb.write_bytes(bz2.compress(bytes(64 << 20), 9))
+    assert bomb.stat().st_size < 1024
+    # The file-size limit also binds temporary files: expanding even 64 KiB would fail with EFBIG.
+    proc, took = run_cli(["info", bomb], fsize=64 << 10)
+    one_line_error(proc, "no QEMU migration stream inside the bzip2 container", "00 00 00 00")
+    assert took < 5, took
+
+
+def _qcow2_with_shared_clusters(tmp_path: Path, vm_state_size: int) -> Path:
+    from test_containers import Qcow2Writer
+
+    writer = Qcow2Writer(cluster_bits=16, disk_size=1 << 20)
+    writer.add_snapshot(precopy_stream().data(), vm_state_size=vm_state_size)
+    image = bytearray(writer.build())
+    (snapshots,) = struct.unpack_from(">Q", image, 64)
+    l1_offset, _l1_size = struct.unpack_from(">QI", image, snapshots)
+    per_l1 = writer.cluster * (writer.cluster // 8)
+    first = -(-writer.disk_size // per_l1)
+    (l1_entry,) = struct.unpack_from(">Q", image, l1_offset + 8 * first)
+    l2 = l1_entry & 0x00FF_FFFF_FFFF_FE00
+    (data_entry,) = struct.unpack_from(">Q", image, l2)
+    assert data_entry & 0x00FF_FFFF_FFFF_FE00
+    # Every entry of the L2 table maps the same host cluster.
+    struct.pack_into(f">{writer.cluster // 8}Q", image, l2, *[data_entry] * (writer.cluster // 8))
+    path = tmp_path / "shared.qcow2"
+    path.write_bytes(bytes(image))
+    return path
+
+
+def test_qcow2_with_shared_clusters_is_refused(tmp_path: Path) -> None:
+    path = _qcow2_with_shared_clusters(tmp_path, 256 << 20)
+    assert path.stat().st_size < 1 << 20
+    proc, took = run_cli(["info", path], fsize=8 << 20)
+    one_line_error(proc, "qcow2", "already used")
+    assert took < 5, took
+
+
+def _pipe(shell: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["sh", "-c", shell], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def test_pipe_of_junk_is_refused_before_spooling() -> None:
+    producer = _pipe("printf 'junk, not a stream'; cat /dev/zero")
+    try:
+        proc, took = run_cli(["info", "-"], stdin=producer.stdout, fsize=1 << 20, timeout=30)
+    finally:
+        producer.kill()
+        producer.wait()
+    one_line_error(proc, "<stdin>", "not a QEMU migration stream", "6a 75 6e 6b")
+    assert took < 5, took
+
+
+def test_pipe_spool_stops_at_max_temp() -> None:
+    producer = _pipe("printf 'QEVM'; cat /dev/zero")
+    try:
+        proc, took = run_cli(
+            ["info", "-"], stdin=producer.stdout, env={"MIGSTREAM_MAX_TEMP": "2M"}, fsize=16 << 20, timeout=30
+        )
+    finally:
+        producer.kill()
+        producer.wait()
+    one_line_error(proc, "<stdin>", "MIGSTREAM_MAX_TEMP=2M", str(2 << 20))
+    assert took < 10, took
+
+
+def test_decompression_stops_at_max_temp(tmp_path: Path) -> None:
+    path = tmp_path / "big.gz"
+    path.write_bytes(gzip.compress(b"QEVM" + bytes(32 << 20)))
+    proc, _ = run_cli(["info", path], env={"MIGSTREAM_MAX_TEMP": "1M"}, fsize=8 << 20)
+    one_line_error(proc, "gzip", "MIGSTREAM_MAX_TEMP=1M", str(1 << 20))
+
+
+def test_temp_files_keep_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary file never takes the last free bytes of TMPDIR."""
+    from migstream.containers import _io
+
+    real = os.statvfs(tmp_path)
+
+    class Small:
+        f_frsize = 4096
+        f_blocks = real.f_blocks
+        f_bavail = (1 << 20) // 4096 + min(_io.TEMP_RESERVE_MAX, real.f_blocks * 4096 // 20) // 4096
+
+    monkeypatch.setattr(_io.os, "statvfs", lambda _path: Small)
+    monkeypatch.delenv("MIGSTREAM_MAX_TEMP", raising=False)
+    path = tmp_path / "big.gz"
+    path.write_bytes(gzip.compress(b"QEVM" + bytes(4 << 20)))
+    with pytest.raises(MigstreamError, match="free space") as info:
+        migstream.open(path)
+    assert "TMPDIR" in str(info.value)
 
 
 # ---------------------------------------------------------------------------

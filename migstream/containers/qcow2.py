@@ -381,10 +381,6 @@ class _Copier:
         self._used[cluster] = what
 
     def copy(self, l1: list[int], total: int) -> None:
-        try:
-            os.ftruncate(self.out, total)
-        except OSError as exc:
-            raise ContainerError(f"cannot size the temporary file to {total} bytes: {exc.strerror}") from None
         per_l1 = self.header.bytes_per_l1
         for index, entry in enumerate(l1):
             dst = index * per_l1
@@ -392,6 +388,10 @@ class _Copier:
             if l2_offset:
                 self._copy_l2(l2_offset, dst, min(per_l1, total - dst))
         self._flush()
+        try:  # sized last: a bad mapping is refused before the file takes its full (sparse) size
+            os.ftruncate(self.out, total)
+        except OSError as exc:
+            raise ContainerError(f"cannot size the temporary file to {total} bytes: {exc.strerror}") from None
 
     def _copy_l2(self, l2_offset: int, dst: int, length: int) -> None:
         cluster = self.header.cluster_size
