@@ -374,6 +374,37 @@ def test_sizes_and_addresses_near_2_64(tmp_path: Path, size: int, extra: list[st
 
 
 # ---------------------------------------------------------------------------
+# 3. linear scans
+
+
+def _fake_footers_stream(section_id: int, size: int, vmdesc: bool) -> bytes:
+    """A device section of ``size`` bytes made of its own footer followed by bytes no record starts with."""
+    fake = b"".join(
+        bytes([0x7E]) + section_id.to_bytes(4, "big") + tail
+        for tail in (b"\x99", b"\x02\xff\xff\xff\xff", b"\x01" + bytes(4) + b"\xff", b"\x08\xff\xff")
+    )
+    b = StreamBuilder()
+    b.header()
+    b.configuration("pc-i440fx-10.0")
+    b.section_full(section_id, "opaque", 0, 1, fake * (size // len(fake)))
+    b.eof()
+    if vmdesc:
+        b.vmdescription()
+    return b.data()
+
+
+@pytest.mark.parametrize("vmdesc", [False, True])
+def test_section_full_of_fake_footers_is_read_in_linear_time(tmp_path: Path, vmdesc: bool) -> None:
+    path = tmp_path / "fake-footers.mig"
+    path.write_bytes(_fake_footers_stream(7, 3 << 20, vmdesc))
+    proc, took = run_cli(["info", path, "--json"])
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert [r["type"] for r in info["records"]][-1 - vmdesc] == "EOF"
+    assert took < 5, took
+
+
+# ---------------------------------------------------------------------------
 # 4. outputs that destroy things
 
 
