@@ -51,6 +51,7 @@ class _OutputDir:
     def __init__(self, root: str, force: bool) -> None:
         self.root = root
         self.force = force
+        self._made_root = not os.path.lexists(root)
         try:
             os.makedirs(root, exist_ok=True)
             self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -114,6 +115,9 @@ class _OutputDir:
         for parent, name in reversed(self._dirs):
             with contextlib.suppress(OSError):
                 os.rmdir(name, dir_fd=parent)
+        if self._made_root:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.root)  # only if still empty
 
     def close(self) -> None:
         self._files.clear()
