@@ -335,6 +335,7 @@ def _api_misuses(path: Path, tmp: Path) -> list[tuple[str, Callable[[], object]]
 def test_api_misuse_raises_only_migstream_errors(tmp_path: Path) -> None:
     path = tmp_path / "s.mig"
     path.write_bytes(precopy_stream().data())
+    may_succeed = {"block().pread(1 << 70, 5)", "cpus() after close"}
     escaped = []
     for label, call in _api_misuses(path, tmp_path):
         try:
@@ -346,6 +347,8 @@ def test_api_misuse_raises_only_migstream_errors(tmp_path: Path) -> None:
             continue
         if hasattr(result, "close"):
             result.close()
+        if label not in may_succeed:
+            escaped.append(f"{label}: accepted")
     assert not escaped, "\n".join(escaped)
 
 
