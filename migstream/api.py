@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -116,6 +117,8 @@ class Stream:
         return tuple(r for r in self.parsed.records if r.command is not None)
 
     def device(self, name: str, instance_id: int = 0) -> DeviceState:
+        if not isinstance(name, str) or not isinstance(instance_id, int):
+            raise UsageError("device() takes a section name (str) and an instance id (int)")
         for dev in self.parsed.devices:
             if dev.name == name and dev.instance_id == instance_id:
                 return dev
@@ -158,6 +161,8 @@ class Stream:
     # -- guest memory ---------------------------------------------------------------
     def pagemap(self) -> PageMap:
         """The final source of every RAM page (resolved once, on first use)."""
+        if self.source.closed:
+            raise UsageError(f"{self.source.name}: the stream is closed")
         if self._pagemap is None:
             from migstream.ram.pagemap import PageMap
 
@@ -180,6 +185,8 @@ class Stream:
         """One RAM block as a read-only, seekable file (``BlockReader``), at block offsets."""
         from migstream.ram.readers import BlockReader
 
+        if not isinstance(name, str):
+            raise UsageError(f"block() takes a RAM block name (str), not {type(name).__name__}")
         for b in self.ram_blocks:
             if b.name == name:
                 return BlockReader(self.pagemap(), b.index)
@@ -234,6 +241,21 @@ def open(  # noqa: A001 - the natural name for the entry point
     none; ``channels`` are multifd channel captures; ``snapshot`` selects a qcow2
     internal snapshot (default: the last one).
     """
+    _check_target(target, "the stream")
+    if not (desc is None or isinstance(desc, Mapping) or _is_path(desc)):
+        raise UsageError(
+            f"desc= takes a VM description (a mapping) or the path of a JSON file, not {type(desc).__name__}"
+        )
+    try:
+        if isinstance(channels, (str, bytes, os.PathLike)):
+            raise TypeError
+        channels = list(channels)
+    except TypeError:
+        raise UsageError(f"channels= takes a list of paths or files, not {type(channels).__name__}") from None
+    for channel in channels:
+        _check_target(channel, "a multifd channel")
+    if snapshot is not None and not isinstance(snapshot, str):
+        raise UsageError(f"snapshot= takes a snapshot name or id (str), not {type(snapshot).__name__}")
     if desc is not None and not isinstance(desc, Mapping):
         desc = load_description(desc)
     source = _open(target, snapshot)
@@ -252,6 +274,25 @@ def open(  # noqa: A001 - the natural name for the entry point
         for src in opened:
             src.close()
         raise
+
+
+def _is_path(value: object) -> bool:
+    return isinstance(value, str) or (isinstance(value, os.PathLike) and isinstance(os.fspath(value), str))
+
+
+def _check_target(target: object, what: str) -> None:
+    """A path (str or path-like), ``"-"``, or an open binary file object; anything else is misuse."""
+    if _is_path(target):
+        return
+    if isinstance(target, (bytes, bytearray, os.PathLike)):
+        raise UsageError(f"{what}: give paths as str, not {type(target).__name__}")
+    if not callable(getattr(target, "read", None)):
+        raise UsageError(f"{what}: expected a path or a binary file object, not {type(target).__name__}")
+    mode = getattr(target, "mode", None)
+    if isinstance(target, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
+        raise UsageError(f"{what}: the file is open in text mode; open it with 'rb'")
+    if getattr(target, "closed", False):
+        raise UsageError(f"{what}: the file object is closed")
 
 
 def _open(target: PathOrFile, snapshot: str | None) -> Source:

@@ -317,7 +317,7 @@ def test_decompression_cap(tmp_path: Path, small: bytes) -> None:
 
 
 def test_compression_bomb_stops(tmp_path: Path) -> None:
-    bomb = write(tmp_path / "bomb", gzip.compress(bytes(64 << 20), compresslevel=9))
+    bomb = write(tmp_path / "bomb", gzip.compress(b"QEVM" + bytes(64 << 20), compresslevel=9))
     with pytest.raises(ContainerError, match="limit"):
         open_source(bomb, max_size=16 << 20)
 

@@ -135,12 +135,12 @@ def test_extract_refuses_to_overwrite_and_stays_inside(tmp_path: Path) -> None:
     first = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     index = json.loads((outdir / "index.json").read_text())
-    assert index["blocks"] == [{"block": "pc.ram", "file": "pc.ram", "size": 1 << 20}]
+    assert index["blocks"] == [{"block": "pc.ram", "file": "ram/pc.ram", "size": 1 << 20}]
     again = subprocess.run(cli, capture_output=True, text=True, timeout=60)
     assert again.returncode != 0 and "--force" in again.stderr and len(again.stderr.splitlines()) == 1
     forced = subprocess.run([*cli, "--force"], capture_output=True, text=True, timeout=60)
     assert forced.returncode == 0, forced.stderr
-    assert os.path.getsize(outdir / "pc.ram") == 1 << 20
+    assert os.path.getsize(outdir / "ram" / "pc.ram") == 1 << 20
 
 
 def test_huge_announced_block_does_not_allocate(tmp_path: Path) -> None:

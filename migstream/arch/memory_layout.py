@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from migstream.arch.model import Arch, MachineFamily, MachineVersion
 from migstream.errors import UsageError
-from migstream.ram.layout import MemoryMap, Placement
+from migstream.ram.layout import GPA_LIMIT, MemoryMap, Placement
 
 #: Name fragments of blocks that are never main RAM (device memory, firmware, ROMs).
 NOT_RAM_HINTS = (".rom", "bios", "flash", "vram", "kvmvapic", "secure-ram")
@@ -92,8 +92,16 @@ def build_memory_map(
                 expected=", ".join(sizes) or "(no blocks)",
                 found=name,
             )
+        if not isinstance(gpa, int) or isinstance(gpa, bool):
+            raise UsageError(f"--map {name}: the GPA {gpa!r} is not an integer")
         if gpa < 0:
             raise UsageError(f"--map {name}: negative GPA", found=gpa)
+        if gpa + sizes[name] > GPA_LIMIT:
+            raise UsageError(
+                f"--map {name}: the block would end past the 64-bit guest-physical space",
+                expected=f"<= {GPA_LIMIT - sizes[name]:#x}",
+                found=gpa,
+            )
 
     notes: list[str] = []
     family: MachineFamily | None = None

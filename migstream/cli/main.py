@@ -27,6 +27,8 @@ def _parse_map(values: Sequence[str]) -> dict[str, int]:
             out[name] = int(addr, 0)
         except ValueError:
             raise UsageError(f"--map: {addr!r} is not an address") from None
+        if not 0 <= out[name] < 1 << 64:
+            raise UsageError(f"--map {name}: the address {addr} does not fit 64 bits")
     return out
 
 

@@ -47,6 +47,9 @@ __all__ = ["DEFAULT_MAX_SIZE", "MAX_LAYERS", "Source", "open_source"]
 MAX_LAYERS = 4
 """Most containers nested around one stream (e.g. xz around qcow2 is 2)."""
 
+PEEK_BYTES = 4096
+"""Decompressed bytes examined before a compressed layer is expanded."""
+
 
 def open_source(
     target: str | os.PathLike[str] | IO[bytes],
@@ -63,7 +66,7 @@ def open_source(
     bytes the payload starts with instead of ``QEVM`` (e.g. multifd channel
     captures), still looked for inside compressed files.
     """
-    name, fd, base, size = _acquire(target, max_size)
+    name, fd, base, size = _acquire(target, max_size, magic)
     try:
         return _recognise(_Layer(fd, base, size), name=name, snapshot=snapshot, limit=max_size, magic=magic)
     except MigstreamError:
@@ -77,27 +80,29 @@ def open_source(
 # -- getting a descriptor ----------------------------------------------------------------------------------
 
 
-def _acquire(target: str | os.PathLike[str] | IO[bytes], limit: int) -> tuple[str, int, int, int]:
+def _acquire(
+    target: str | os.PathLike[str] | IO[bytes], limit: int, magic: bytes | None
+) -> tuple[str, int, int, int]:
     """``(name, fd, base, size)`` of the input; the returned descriptor belongs to the caller."""
     if isinstance(target, (str, os.PathLike)):
         path = os.fspath(target)
         if path == "-":
-            return _acquire_stdin(limit)
+            return _acquire_stdin(limit, magic)
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
             raise ContainerError(f"cannot open {path}: {exc.strerror}") from None
-        return _acquire_fd(path, fd, None, limit)
+        return _acquire_fd(path, fd, None, limit, magic)
     name = str(getattr(target, "name", "<file>"))
     try:
         fd = os.dup(target.fileno())
     except (OSError, ValueError, AttributeError):
-        return (name, *_spool(target, name, limit))
+        return (name, *_spool(target, name, limit, magic))
     start = _tell(target)
-    return _acquire_fd(name, fd, target if start is None else None, limit, start or 0)
+    return _acquire_fd(name, fd, target if start is None else None, limit, magic, start or 0)
 
 
-def _acquire_stdin(limit: int) -> tuple[str, int, int, int]:
+def _acquire_stdin(limit: int, magic: bytes | None) -> tuple[str, int, int, int]:
     name = "<stdin>"
     if sys.stdin is None:
         raise ContainerError("standard input is closed")
@@ -109,11 +114,11 @@ def _acquire_stdin(limit: int) -> tuple[str, int, int, int]:
         start = os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:
         start = 0
-    return _acquire_fd(name, fd, sys.stdin.buffer, limit, start)
+    return _acquire_fd(name, fd, sys.stdin.buffer, limit, magic, start)
 
 
 def _acquire_fd(
-    name: str, fd: int, stream: IO[bytes] | None, limit: int, start: int = 0
+    name: str, fd: int, stream: IO[bytes] | None, limit: int, magic: bytes | None, start: int = 0
 ) -> tuple[str, int, int, int]:
     """Use ``fd`` in place when it is a file or block device; otherwise spool what it delivers."""
     try:
@@ -124,9 +129,9 @@ def _acquire_fd(
             return name, fd, start, max(0, _device_size(fd) - start)
         if stream is None:
             with os.fdopen(os.dup(fd), "rb") as reader:
-                spooled = _spool(reader, name, limit)
+                spooled = _spool(reader, name, limit, magic)
         else:
-            spooled = _spool(stream, name, limit)
+            spooled = _spool(stream, name, limit, magic)
     except OSError as exc:
         os.close(fd)
         raise ContainerError(f"cannot read {name}: {exc.strerror or exc}") from None
@@ -137,11 +142,18 @@ def _acquire_fd(
     return (name, *spooled)
 
 
-def _spool(stream: IO[bytes], name: str, limit: int) -> tuple[int, int, int]:
-    """Copy a non-seekable stream into an unlinked temporary file: ``(fd, 0, size)``."""
+def _spool(stream: IO[bytes], name: str, limit: int, magic: bytes | None) -> tuple[int, int, int]:
+    """Copy a non-seekable stream into an unlinked temporary file: ``(fd, 0, size)``.
+
+    The first bytes are recognised before anything is spooled: a pipe that
+    does not start like a stream or a known container is refused at once.
+    """
+    head = _read_head(stream, name)
+    if not _recognisable(head, magic):
+        raise ContainerError(f"{name}: {_not_a_stream(_Layer(-1, 0, 0), head)}")
     out = new_temp_fd()
     try:
-        size = copy_capped(stream, out, limit, name)
+        size = copy_capped(stream, out, limit, name, first=head)
     except OSError as exc:
         os.close(out)
         raise ContainerError(f"cannot read {name}: {exc.strerror or exc}") from None
@@ -149,6 +161,27 @@ def _spool(stream: IO[bytes], name: str, limit: int) -> tuple[int, int, int]:
         os.close(out)
         raise
     return out, 0, size
+
+
+def _read_head(stream: IO[bytes], name: str) -> bytes:
+    """The first :data:`SNIFF_BYTES` of a stream (fewer only at its end)."""
+    parts: list[bytes] = []
+    want = SNIFF_BYTES
+    try:
+        while want > 0:
+            chunk = stream.read(want)
+            if not chunk:
+                break
+            parts.append(chunk)
+            want -= len(chunk)
+    except (OSError, ValueError) as exc:
+        raise ContainerError(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}") from None
+    return b"".join(parts)
+
+
+def _recognisable(head: bytes, magic: bytes | None) -> bool:
+    """Whether ``head`` starts a stream, a known container, or (when asked for) ``magic``."""
+    return sniff(head) is not None or (magic is not None and head.startswith(magic))
 
 
 def _tell(stream: IO[bytes]) -> int | None:
@@ -205,7 +238,7 @@ def _recognise(
                 return _finish(layer, name, snapshot)
             if len(layer.chain) >= MAX_LAYERS:
                 raise ContainerError(f"more than {MAX_LAYERS} nested containers ({'+'.join(layer.chain)})")
-            _unwrap(layer, kind, head, snapshot=snapshot, limit=limit)
+            _unwrap(layer, kind, head, snapshot=snapshot, limit=limit, magic=magic)
     except ContainerError as exc:
         os.close(layer.fd)
         if exc.message.startswith(name):
@@ -216,16 +249,15 @@ def _recognise(
         raise
 
 
-def _unwrap(layer: _Layer, kind: str | None, head: bytes, *, snapshot: str | None, limit: int) -> None:
+def _unwrap(
+    layer: _Layer, kind: str | None, head: bytes, *, snapshot: str | None, limit: int, magic: bytes | None
+) -> None:
     """Replace ``layer`` by what its container holds."""
     if kind in COMPRESSIONS:
         assert kind is not None
-        from migstream.containers.compressed import decompress
-
-        layer.replace(decompress(layer.fd, layer.base, layer.size, kind, limit=limit))
-        layer.add_compression(kind)
+        _decompress(layer, layer.base, layer.size, kind, limit, magic)
     elif kind in (KIND_LIBVIRT, KIND_LIBVIRT_PARTIAL):
-        _unwrap_libvirt(layer, limit)
+        _unwrap_libvirt(layer, limit, magic)
     elif kind == KIND_QCOW2:
         from migstream.containers import qcow2
 
@@ -239,7 +271,23 @@ def _unwrap(layer: _Layer, kind: str | None, head: bytes, *, snapshot: str | Non
         raise ContainerError(_not_a_stream(layer, head))
 
 
-def _unwrap_libvirt(layer: _Layer, limit: int) -> None:
+def _decompress(layer: _Layer, base: int, size: int, kind: str, limit: int, magic: bytes | None) -> None:
+    """Decompress into a temporary file, once the first bytes show something worth expanding."""
+    from migstream.containers.compressed import decompress, peek
+
+    inner = peek(layer.fd, base, size, kind, PEEK_BYTES)
+    if not _recognisable(inner, magic):
+        chain = "+".join([*layer.chain, kind])
+        found = f"found magic '{show_magic(inner)}'" if inner else "it holds no data"
+        raise ContainerError(
+            f"no QEMU migration stream inside the {chain} container: {found} in its first bytes; "
+            "nothing was decompressed"
+        )
+    layer.replace(decompress(layer.fd, base, size, kind, limit=limit))
+    layer.add_compression(kind)
+
+
+def _unwrap_libvirt(layer: _Layer, limit: int, magic: bytes | None) -> None:
     header = libvirt.read_header(layer.fd, layer.base, layer.size)
     layer.chain.append(KIND_LIBVIRT)
     layer.details["libvirt"] = header.details()
@@ -248,10 +296,7 @@ def _unwrap_libvirt(layer: _Layer, limit: int) -> None:
     if header.compression is None:
         layer.base, layer.size = start, rest
     else:
-        from migstream.containers.compressed import decompress
-
-        layer.replace(decompress(layer.fd, start, rest, header.compression, limit=limit))
-        layer.add_compression(header.compression)
+        _decompress(layer, start, rest, header.compression, limit, magic)
 
 
 def _not_a_stream(layer: _Layer, head: bytes) -> str:

@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
+from dataclasses import dataclass
 from typing import Protocol
 
-from migstream.errors import ContainerError
+from migstream.errors import ContainerError, UsageError
 
 COPY_CHUNK = 8 << 20
 """Bytes moved per read/write when copying or decompressing."""
 
 DEFAULT_MAX_SIZE = 1 << 40
 """Default cap on bytes written to a temporary file (decompressed, spooled, extracted)."""
+
+TEMP_CAP_ENV = "MIGSTREAM_MAX_TEMP"
+"""Environment variable that caps every temporary file (bytes, or with a K/M/G/T suffix)."""
+
+TEMP_RESERVE_MAX = 1 << 30
+"""Most free space of the temporary directory kept in reserve (less on small filesystems)."""
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kKmMgGtTpP]?)(?:i?[bB])?")
 
 
 class Readable(Protocol):
@@ -104,17 +114,71 @@ def copy_range(src: int, src_offset: int, dst: int, dst_offset: int, length: int
     return done
 
 
-def copy_capped(reader: Readable, dst: int, limit: int, what: str) -> int:
-    """Copy ``reader`` to the start of ``dst`` until EOF; more than ``limit`` bytes is an error."""
+def parse_size(text: str) -> int:
+    """``64M``, ``2G``, ``512k``, ``1GiB`` or plain bytes: a size in bytes (binary multiples)."""
+    m = _SIZE.fullmatch(text.strip())
+    if m is None:
+        raise UsageError(f"{TEMP_CAP_ENV}={text!r} is not a size (bytes, or a number with K, M, G or T)")
+    return int(float(m.group(1)) * (1 << (10 * " KMGTP".index((m.group(2) or " ").upper()))))
+
+
+@dataclass(frozen=True)
+class TempCap:
+    """The most bytes one temporary file may hold, and what sets that bound (for error messages)."""
+
+    limit: int
+    reason: str
+
+    def check(self, size: int, what: str) -> None:
+        if size > self.limit:
+            raise ContainerError(
+                f"{what} exceeds the temporary-file limit of {self.limit} bytes: {self.reason}"
+            )
+
+
+def temp_cap(limit: int = DEFAULT_MAX_SIZE) -> TempCap:
+    """The cap on a new temporary file: ``limit``, ``MIGSTREAM_MAX_TEMP``, and the free space of TMPDIR.
+
+    The free space keeps a reserve (a twentieth of the filesystem, at most
+    :data:`TEMP_RESERVE_MAX`), so a temporary file never fills the disk.
+    """
+    caps = [TempCap(limit, f"the size limit is {limit} bytes")]
+    env = os.environ.get(TEMP_CAP_ENV)
+    if env:
+        size = parse_size(env)
+        caps.append(TempCap(size, f"the cap {TEMP_CAP_ENV}={env} ({size} bytes); raise {TEMP_CAP_ENV}"))
+    directory = tempfile.gettempdir()
+    try:
+        fs = os.statvfs(directory)
+    except OSError:
+        pass
+    else:
+        reserve = min(TEMP_RESERVE_MAX, fs.f_blocks * fs.f_frsize // 20)
+        free = max(0, fs.f_bavail * fs.f_frsize - reserve)
+        caps.append(
+            TempCap(
+                free,
+                f"the free space of {directory} ({free} bytes, keeping {reserve} in reserve); "
+                f"set TMPDIR to a larger filesystem (or {TEMP_CAP_ENV} to a size)",
+            )
+        )
+    return min(caps, key=lambda c: c.limit)
+
+
+def copy_capped(reader: Readable, dst: int, limit: int, what: str, first: bytes = b"") -> int:
+    """Copy ``first`` then ``reader`` to the start of ``dst`` until EOF, within :func:`temp_cap`."""
+    cap = temp_cap(limit)
     total = 0
+    chunk = first
     while True:
-        chunk = reader.read(COPY_CHUNK)
         if not chunk:
-            return total
-        if total + len(chunk) > limit:
-            raise ContainerError(f"{what} exceeds the size limit of {limit} bytes; refusing to go on")
+            chunk = reader.read(COPY_CHUNK)
+            if not chunk:
+                return total
+        cap.check(total + len(chunk), what)
         write_all(dst, chunk, total)
         total += len(chunk)
+        chunk = b""
 
 
 class WindowReader(io.RawIOBase):

@@ -97,6 +97,60 @@ def decompress(fd: int, base: int, size: int, kind: str, *, limit: int) -> int:
     return out
 
 
+def peek(fd: int, base: int, size: int, kind: str, length: int) -> bytes:
+    """The first ``length`` bytes (fewer if there are fewer) that ``[base, base + size)`` decompresses to.
+
+    Only as much input as needed is decompressed: enough to recognise what the
+    container holds before expanding all of it.
+    """
+    what = f"{kind}-compressed data"
+    if kind == KIND_LZOP:
+        return _peek_lzop(fd, base, size, length)
+    raw = buffered_window(fd, base, size)
+    reader: Any = None
+    parts: list[bytes] = []
+    try:
+        reader = _OPENERS[kind](raw)
+        while length > 0:
+            chunk = reader.read(length)
+            if not chunk:
+                break
+            parts.append(chunk)
+            length -= len(chunk)
+    except ContainerError:
+        raise
+    except _DECODE_ERRORS as exc:
+        if not parts:
+            raise ContainerError(f"{what} is corrupt: {_one_line(exc)}") from None
+    finally:
+        if reader is not None:
+            _quiet_close(reader)
+        raw.close()
+    return b"".join(parts)
+
+
+def _peek_lzop(fd: int, base: int, size: int, length: int) -> bytes:
+    program = shutil.which("lzop")
+    if program is None:
+        raise ContainerError("the input is lzop-compressed: reading it needs the lzop command (not in PATH)")
+    proc = subprocess.Popen(
+        [program, "-dc", "--ignore-warn"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    feeder = threading.Thread(target=_feed, args=(proc.stdin, fd, base, size), daemon=True)
+    feeder.start()
+    try:
+        return proc.stdout.read(length)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.wait()
+        feeder.join()
+
+
 def _decompress_with(
     opener: Callable[[IO[bytes]], Readable], fd: int, base: int, size: int, out: int, limit: int, what: str
 ) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import zstandard
 
-from migstream.containers._io import copy_range, new_temp_fd, pread_exact, pread_upto, write_all
+from migstream.containers._io import copy_range, new_temp_fd, pread_exact, pread_upto, temp_cap, write_all
 from migstream.containers.magic import QCOW_MAGIC
 from migstream.errors import ContainerError
 
@@ -332,10 +332,7 @@ class _VmStateLayout:
         self.snap = snap
         self.header = header
         where = f"qcow2 snapshot {snap.name!r}"
-        if snap.vm_state_size > limit:
-            raise ContainerError(
-                f"{where}: vm_state_size {snap.vm_state_size} exceeds the limit ({limit} bytes)"
-            )
+        temp_cap(limit).check(snap.vm_state_size, f"{where}: its VM state ({snap.vm_state_size} bytes)")
         if snap.l1_size * L1E_SIZE > QCOW_MAX_L1_SIZE:
             raise ContainerError(f"{where}: L1 table of {snap.l1_size} entries is larger than allowed")
         if snap.l1_table_offset % header.cluster_size:
@@ -369,12 +366,21 @@ class _Copier:
         self._run_host = 0
         self._run_dst = 0
         self._run_len = 0
+        # Host clusters already used by the VM state (L2 tables, data, compressed data): a
+        # cluster used twice would make a small image expand into a huge temporary file.
+        self._used: dict[int, str] = {}
+
+    def _claim(self, host: int, what: str) -> None:
+        cluster = host - host % self.header.cluster_size
+        other = self._used.get(cluster)
+        if other is not None:
+            raise ContainerError(
+                f"qcow2 {what} at {host:#x} uses host cluster {cluster:#x}, already used as {other} "
+                "of the same VM state (shared or looping clusters); refusing the image"
+            )
+        self._used[cluster] = what
 
     def copy(self, l1: list[int], total: int) -> None:
-        try:
-            os.ftruncate(self.out, total)
-        except OSError as exc:
-            raise ContainerError(f"cannot size the temporary file to {total} bytes: {exc.strerror}") from None
         per_l1 = self.header.bytes_per_l1
         for index, entry in enumerate(l1):
             dst = index * per_l1
@@ -382,11 +388,16 @@ class _Copier:
             if l2_offset:
                 self._copy_l2(l2_offset, dst, min(per_l1, total - dst))
         self._flush()
+        try:  # sized last: a bad mapping is refused before the file takes its full (sparse) size
+            os.ftruncate(self.out, total)
+        except OSError as exc:
+            raise ContainerError(f"cannot size the temporary file to {total} bytes: {exc.strerror}") from None
 
     def _copy_l2(self, l2_offset: int, dst: int, length: int) -> None:
         cluster = self.header.cluster_size
         if l2_offset % cluster:
             raise ContainerError(f"qcow2 L2 table offset {l2_offset:#x} is not cluster aligned")
+        self._claim(l2_offset, "an L2 table")
         words = struct.unpack(f">{cluster // 8}Q", self.img.read(l2_offset, cluster, "L2 table"))
         step = self.header.l2_entry_size // 8
         for index in range(-(-length // cluster)):
@@ -402,8 +413,11 @@ class _Copier:
         host = entry & L2E_OFFSET_MASK
         if bitmap is None:
             if host and not entry & QCOW_OFLAG_ZERO:
+                self._claim_data(host)
                 self._copy_data(host, dst, length)
             return
+        if bitmap & 0xFFFF_FFFF & ~(bitmap >> 32):
+            self._claim_data(host)
         sub = self.header.cluster_size // QCOW_EXTL2_SUBCLUSTERS_PER_CLUSTER
         for index in range(-(-length // sub)):
             allocated = bitmap >> index & 1
@@ -411,11 +425,14 @@ class _Copier:
             if allocated and not zero:
                 self._copy_data(host, dst + index * sub, min(sub, length - index * sub), index * sub)
 
-    def _copy_data(self, host: int, dst: int, length: int, within: int = 0) -> None:
+    def _claim_data(self, host: int) -> None:
         if host % self.header.cluster_size:
             raise ContainerError(f"qcow2 data cluster offset {host:#x} is not cluster aligned")
         if host >= self.img.size:
             raise ContainerError(f"qcow2 data cluster at {host:#x} lies past the image end")
+        self._claim(host, "a data cluster")
+
+    def _copy_data(self, host: int, dst: int, length: int, within: int = 0) -> None:
         src = host + within
         if self._run_len and self._run_host + self._run_len == src and self._run_dst + self._run_len == dst:
             self._run_len += length
@@ -437,6 +454,11 @@ class _Copier:
         stored = sectors * QCOW2_COMPRESSED_SECTOR_SIZE - host % QCOW2_COMPRESSED_SECTOR_SIZE
         if host >= self.img.size:
             raise ContainerError(f"qcow2 compressed cluster at {host:#x} is past the end of the image")
+        if host in self._used:
+            raise ContainerError(
+                f"qcow2 compressed cluster at {host:#x} is used twice by the same VM state; refusing it"
+            )
+        self._used[host] = "compressed data"
         data = pread_upto(self.img.fd, self.img.base + host, min(stored, self.img.size - host))
         plain = self._inflate(data, host)
         self._flush()

@@ -47,6 +47,7 @@ class Source:
         self._owns_fd = owns_fd
         self._temp_path = temp_path
         self._mmap: mmap.mmap | None = None
+        self.closed = False
         self.buffer: memoryview
         if size == 0:
             self.buffer = memoryview(b"")
@@ -60,6 +61,7 @@ class Source:
 
     def close(self) -> None:
         """Release the mapping and the descriptor (and any temporary file)."""
+        self.closed = True
         with contextlib.suppress(BufferError):
             self.buffer.release()
         if self._mmap is not None:

@@ -9,7 +9,9 @@ call.  Zero and absent pages are never written: output files are sparse.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -145,14 +147,84 @@ def data_bytes(pm: PageMap, placements: Sequence[Placement]) -> int:
     return sum(pm.data_bytes(by_name[p.block], p.block_offset // ps, p.size // ps) for p in placements)
 
 
-def create_output(path: str, force: bool) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    if not force:
-        flags |= os.O_EXCL
+OFF_T_MAX = (1 << 63) - 1
+"""Largest file size (and offset) a 64-bit ``off_t`` holds."""
+
+
+def open_output(
+    path: str, force: bool, *, dir_fd: int | None = None, nofollow: bool = False, shown: str | None = None
+) -> tuple[int, bool]:
+    """Open ``path`` to write: ``(fd, created)``; only ever a regular file.
+
+    A FIFO, a device, a socket or a directory is refused before anything is
+    written or truncated (FIFOs are opened non-blocking, so none can hang).
+    An existing regular file is emptied only with ``force``.  ``created`` says
+    whether the file is new (only such files may be removed on error).
+    ``nofollow`` refuses a symbolic link as the last component.
+    """
+    shown = shown or path
+    base = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+    created = True
     try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:
-        raise UsageError(f"{path} exists (use --force to overwrite)") from None
+        try:
+            fd = os.open(path, base | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            if not force:
+                with contextlib.suppress(OSError):
+                    mode = os.stat(path, dir_fd=dir_fd, follow_symlinks=not nofollow).st_mode
+                    if not stat.S_ISREG(mode):
+                        raise UsageError(
+                            f"{shown} is not a regular file ({_kind(mode)}); refusing to write it"
+                        ) from None
+                raise UsageError(f"{shown} exists (use --force to overwrite)") from None
+            created = False
+            fd = os.open(path, base, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise UsageError(f"{shown} is not a regular file (a FIFO or socket); refusing it") from None
+        if exc.errno == errno.ELOOP and nofollow:
+            raise UsageError(f"refusing to write through the symbolic link {shown}") from None
+        raise UsageError(f"cannot open {shown} for writing: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise UsageError(f"{shown} is not a regular file ({_kind(mode)}); refusing to write it")
+    try:
+        os.set_blocking(fd, True)
+        if not created:
+            os.ftruncate(fd, 0)
+    except OSError as exc:
+        os.close(fd)
+        raise UsageError(f"cannot empty {shown}: {exc.strerror}") from None
+    return fd, created
+
+
+def create_output(path: str, force: bool) -> int:
+    """A regular file to write (see :func:`open_output`)."""
+    return open_output(path, force)[0]
+
+
+def remove_created(path: str, fd: int, *, dir_fd: int | None = None) -> None:
+    """Unlink ``path`` if it is still the regular file open as ``fd`` (one this run created)."""
+    with contextlib.suppress(OSError):
+        mine = os.fstat(fd)
+        there = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+        if stat.S_ISREG(there.st_mode) and (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+            os.unlink(path, dir_fd=dir_fd)
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+    ):
+        if test(mode):
+            return name
+    return "not a plain file"
 
 
 def write_placements(
@@ -262,18 +334,26 @@ def write_memory(
     pm = stream.pagemap()
     absent = absent_blocks(stream, pm)
     placements = [p for p in mmap_.placements if p.block not in absent]
-    fd = create_output(output, force)
+    image_size = max((p.gpa_end for p in mmap_.placements), default=0)
+    if fmt == "raw" and image_size > OFF_T_MAX:
+        raise UsageError(
+            f"the guest-physical image would end at {image_size:#x}, past the largest file offset "
+            f"({OFF_T_MAX:#x}); use --format elf or --map to place the blocks lower"
+        )
+    fd, created = open_output(output, force)
     notes: list[str] = []
     try:
         if fmt == "raw":
-            os.ftruncate(fd, max((p.gpa_end for p in mmap_.placements), default=0))
+            os.ftruncate(fd, image_size)
             write_placements(pm, placements, fd, progress=progress)
         else:
             notes += _write_elf(stream, pm, placements, fd, progress)
-    except BaseException:
+    except BaseException as exc:
+        if created:
+            remove_created(output, fd)
         os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(output)
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write {output}: {exc.strerror or exc}") from None
         raise
     os.close(fd)
     notes += _notes(stream, pm, mmap_)

@@ -16,6 +16,8 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 FOUR_GIB = 4 * GiB
+#: Guest-physical addresses are 64-bit: every placed range ends at or below this.
+GPA_LIMIT = 1 << 64
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from bisect import bisect_right
 
+from migstream.errors import UsageError
 from migstream.ram.layout import MemoryMap
 from migstream.ram.pagemap import PageMap
 
@@ -41,10 +42,12 @@ class _PagedReader(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._pos = base + offset
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
+        if whence not in bases or not _is_int(offset):
+            raise UsageError("seek() takes an integer offset and SEEK_SET, SEEK_CUR or SEEK_END")
+        if bases[whence] + offset < 0:
+            raise UsageError(f"seek() to a negative position ({bases[whence] + offset})")
+        self._pos = bases[whence] + offset
         return self._pos
 
     def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
@@ -56,11 +59,24 @@ class _PagedReader(io.RawIOBase):
 
     def pread(self, offset: int, n: int) -> bytes:
         """``n`` bytes from ``offset`` (fewer at the end), without moving the position."""
+        if not _is_int(offset) or not _is_int(n):
+            raise UsageError("pread() takes an integer offset and length")
+        if offset < 0 or n < 0:
+            raise UsageError(f"pread() with a negative offset or length ({offset}, {n})")
+        if self._closed():
+            raise UsageError("the stream of this reader is closed")
         n = max(0, min(n, self._size - offset))
         return self._read_at(offset, n) if n else b""
 
     def _read_at(self, offset: int, n: int) -> bytes:
         raise NotImplementedError
+
+    def _closed(self) -> bool:
+        return self.closed
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class BlockReader(_PagedReader):
@@ -71,6 +87,9 @@ class BlockReader(_PagedReader):
         self._pm = pagemap
         self._block = block
         self.name = pagemap.blocks[block].name
+
+    def _closed(self) -> bool:
+        return self.closed or any(getattr(src, "closed", False) for src in self._pm.sources)
 
     def _read_at(self, offset: int, n: int) -> bytes:
         ps = self._pm.page_size
@@ -95,6 +114,10 @@ class PhysicalReader(_PagedReader):
         self._starts = [p.gpa for p in memmap.placements]
         self._places = memmap.placements
         self._blocks = {p.block: BlockReader(pagemap, by_name[p.block]) for p in memmap.placements}
+        self._pm = pagemap
+
+    def _closed(self) -> bool:
+        return self.closed or any(getattr(src, "closed", False) for src in self._pm.sources)
 
     def _read_at(self, offset: int, n: int) -> bytes:
         out = bytearray(n)

@@ -28,6 +28,8 @@ MAX_COMPRESSED_PAGE = 1 << 20
 
 _FIRST_PROBE = 8
 _MAX_PROBE = 1024
+#: Largest RAM block accepted: 52-bit guest-physical space (x86-64, aarch64, ppc64 today).
+MAX_RAM_BLOCK_SIZE = 1 << 52
 _ONES = re.compile("1+")
 
 
@@ -98,6 +100,15 @@ class RamDecoder:
             entry = r.pos
             name = r.cstr8("a RAM block name")
             used = r.be64("a RAM block length")
+            if used > MAX_RAM_BLOCK_SIZE:
+                raise LimitError(
+                    f"RAM block {name!r} is larger than any guest-physical space",
+                    offset=entry,
+                    section=r.context,
+                    field="ram.blocks",
+                    expected=f"<= {MAX_RAM_BLOCK_SIZE:#x}",
+                    found=used,
+                )
             if used > remaining:
                 raise StreamFormatError(
                     f"RAM block {name!r} is longer than what is left of the announced total",
@@ -161,9 +172,14 @@ class RamDecoder:
 
     def _index_mapped(self, r: Reader, block: RamBlock, hdr: MappedRamHeader) -> None:
         ps = hdr.page_size
-        if ps <= 0 or ps & (ps - 1):
+        if ps != self.state.options.page_size:
             raise StreamFormatError(
-                "mapped-ram page size is not a power of two", offset=block.offset, section=r.context, found=ps
+                "mapped-ram header page size differs from the stream's page size",
+                offset=block.offset,
+                section=r.context,
+                field=f"ram.blocks[{block.name}].page_size",
+                expected=self.state.options.page_size,
+                found=ps,
             )
         npages = -(-block.size // ps)
         nbytes = -(-npages // 64) * 8

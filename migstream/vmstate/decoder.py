@@ -45,6 +45,9 @@ FLOAT_TYPES = frozenset({"float64", "CPU_Double_U"})
 MAX_DEPTH = 64
 #: Array elements that may take no bytes at all (empty structs), beyond the bytes left.
 MAX_EMPTY_ELEMENTS = 4096
+#: Fields, elements and structs that take no bytes, per section, beyond the bytes left in it.
+#: Nested arrays of empty elements multiply; this bounds the work of one section's decode.
+EMPTY_WORK_SLACK = 4096
 
 
 _BE_UNSIGNED = {
@@ -76,12 +79,30 @@ class VmstateDecoder:
     def __init__(self, section: str | None = None, end_hint: int | None = None) -> None:
         self.section = section
         self.end_hint = end_hint
+        self._budget: int | None = None
+        self._limit = 0
+
+    def _charge_empty(self, r: Reader, path: str) -> None:
+        """Count one field, element or struct that took no bytes; too many is a description bomb."""
+        assert self._budget is not None
+        self._budget -= 1
+        if self._budget < 0:
+            raise LimitError(
+                f"the description asks for more than {self._limit} fields, elements and structs "
+                "that take no bytes (nested arrays of empty elements); refusing to go on",
+                offset=r.pos,
+                section=self.section,
+                field=path or None,
+            )
 
     def _error(self, message: str, r: Reader, path: str, **kw: Any) -> MigstreamError:
         return StreamFormatError(message, offset=r.pos, section=self.section, field=path or None, **kw)
 
     def decode_vmsd(self, r: Reader, desc: Mapping[str, Any], path: str = "", depth: int = 0) -> Struct:
         """Fields then subsections of one vmsd description."""
+        if self._budget is None:
+            # The whole decode of one section shares one budget, sized by the bytes it may use.
+            self._limit = self._budget = r.remaining + EMPTY_WORK_SLACK
         if depth > MAX_DEPTH:
             raise DescriptionError(
                 "description nests structs too deeply", offset=r.pos, section=self.section, field=path
@@ -142,6 +163,8 @@ class VmstateDecoder:
                 sub.offset = start
                 out.add(name, sub)
         out.size = r.pos - out.offset
+        if not out.size:
+            self._charge_empty(r, path)
         return out
 
     def _decode_field(self, r: Reader, fdesc: Mapping[str, Any], out: Struct, path: str, depth: int) -> None:
@@ -176,8 +199,13 @@ class VmstateDecoder:
             out.add(name, IntArray(ftype, r.pos, size, signed, values))
             r.pos += count * size
             return
+        if not count:
+            self._charge_empty(r, fpath)
         for _ in range(count):
+            before = r.pos
             out.add(name, self._decode_element(r, fdesc, ftype, size, fpath, depth))
+            if r.pos == before:
+                self._charge_empty(r, fpath)
 
     def _decode_pointer_slots(
         self, r: Reader, fdesc: Mapping[str, Any], out: Struct, path: str, tail: int | None
