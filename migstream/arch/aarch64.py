@@ -45,6 +45,18 @@ _FPSR_IN_FPSCR = 0xF800009F
 _FPCR_IN_FPSCR = 0x07FF9F00
 # PSTATE.nRW: set when the vCPU executes in AArch32 state.
 _PSTATE_NRW = 0x10
+_PSTATE_BTYPE_SHIFT = 10
+# ID_AA64PFR1_EL1: BT (branch target identification) and SME fields.
+_PFR1_BT_MASK = 0xF
+_PFR1_SME_SHIFT = 24
+# SVCR bits: streaming mode, ZA storage.
+_SVCR_SM = 1
+_SVCR_ZA = 2
+# CPACR_EL1 enable fields for FP/SIMD and SVE.
+_CPACR_FPEN_SHIFT = 20
+_CPACR_ZEN_SHIFT = 16
+# HCR_EL2 nested virtualisation bits the monitor names.
+_HCR_NV_BITS = (("NV", 1 << 42), ("NV1", 1 << 43), ("NV2", 1 << 45))
 
 
 def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
@@ -78,7 +90,49 @@ def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
         regs["fpsr"] = fpsr
     if f.has("power_state"):
         extra["powered_off"] = f.uint("power_state", 8)
+    _decode_system(f, regs, extra)
     return regs
+
+
+def _sysreg_index(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    """The index of an AArch64 system register in the saved coprocessor register list."""
+    return _CPREG_ARM64_SYSREG | (op0 << 14) | (op1 << 11) | (crn << 7) | (crm << 3) | op2
+
+
+#: Index base of a 64-bit AArch64 system register (KVM's encoding, which the list uses).
+_CPREG_ARM64_SYSREG = 0x6030_0000_0013_0000
+#: System registers the monitor's dump depends on, by the key they get.
+_SYSREGS = {
+    "cpacr_el1": _sysreg_index(3, 0, 1, 0, 2),
+    "id_aa64pfr1_el1": _sysreg_index(3, 0, 0, 4, 1),
+    "svcr": _sysreg_index(3, 3, 4, 2, 2),
+    "zcr_el1": _sysreg_index(3, 0, 1, 2, 0),
+    "scr_el3": _sysreg_index(3, 6, 1, 1, 0),
+    "hcr_el2": _sysreg_index(3, 4, 1, 1, 0),
+    "cptr_el2": _sysreg_index(3, 4, 1, 1, 2),
+    "cptr_el3": _sysreg_index(3, 6, 1, 1, 2),
+}
+#: Hex digits of the registers that JSON gives as hex strings.
+_HEX_DIGITS = {f"v{n}": 32 for n in range(32)}
+
+
+def _decode_system(f: CpuFields, regs: dict[str, RegisterValue], extra: dict[str, int]) -> None:
+    """System registers from the saved coprocessor register list, the SIMD registers, CPU features."""
+    if f.has("cpreg_vmstate_indexes") and f.has("cpreg_vmstate_values"):
+        saved = dict(zip(f.uints("cpreg_vmstate_indexes"), f.uints("cpreg_vmstate_values"), strict=False))
+        for name, index in _SYSREGS.items():
+            if index in saved:
+                regs[name] = saved[index]
+    vfp = f.sub("cpu/vfp")
+    if vfp is not None:
+        for n in range(32):
+            name = f"env.vfp.zregs[{n}].d"
+            if vfp.has(name):
+                d = vfp.uints(name)
+                if len(d) >= 2:
+                    regs[f"v{n}"] = (d[1] << 64) | d[0]
+    if f.sub("cpu/sve") is not None:
+        extra["sve"] = 1
 
 
 # ------------------------------------------------------------ info registers text
@@ -91,19 +145,51 @@ def _format(cpu: CpuState) -> list[str]:
         lines += rows([f"R{n:02d}={hex_reg(regs, f'r{n}', 8)}" for n in range(16)], 4)
         psr = int_reg(regs, "cpsr") or 0
         lines.append(f"PSR={psr:08x} {_nzcv(psr)} A32")
+        return lines
+    items = [f" PC={hex_reg(regs, 'pc', 16)}"]
+    items += [f"X{n:02d}={hex_reg(regs, f'x{n}', 16)}" for n in range(31)]
+    items.append(f" SP={hex_reg(regs, 'sp', 16)}")
+    lines += rows(items, 3)
+    pstate = int_reg(regs, "pstate") or 0
+    el = (pstate >> 2) & 3
+    scr = int_reg(regs, "scr_el3")
+    ns_status = "" if scr is None or el == 3 else ("NS " if scr & 1 else "S ")
+    status = f"PSTATE={pstate:08x} {_nzcv(pstate)} {ns_status}EL{el}{'h' if pstate & 1 else 't'}"
+    pfr1 = int_reg(regs, "id_aa64pfr1_el1") or 0
+    svcr = int_reg(regs, "svcr") or 0
+    if (pfr1 >> _PFR1_SME_SHIFT) & 0xF:
+        status += f"  SVCR={svcr:08x} {'Z' if svcr & _SVCR_ZA else '-'}{'S' if svcr & _SVCR_SM else '-'}"
+    if pfr1 & _PFR1_BT_MASK:
+        status += f"  BTYPE={(pstate >> _PSTATE_BTYPE_SHIFT) & 3}"
+    hcr = int_reg(regs, "hcr_el2") or 0
+    status += "".join(f" {name}" for name, bit in _HCR_NV_BITS if hcr & bit)
+    if _fp_trapped(regs, el, _CPACR_FPEN_SHIFT):
+        lines.append(status + "    FPU disabled")
+        return lines
+    lines.append(status + f"     FPCR={hex_reg(regs, 'fpcr', 8)} FPSR={hex_reg(regs, 'fpsr', 8)}")
+    if cpu.extra.get("sve") and not _fp_trapped(regs, el, _CPACR_ZEN_SHIFT) and not svcr & _SVCR_SM:
+        # Scalable vectors at the vector length in use: the stream keeps only their
+        # low 128 bits here, so the predicate and wide lines are not rebuilt.
+        lines += rows([f"Z{n:02d}={_qreg(regs, n)}" for n in range(32)], 2)
     else:
-        items = [f" PC={hex_reg(regs, 'pc', 16)}"]
-        items += [f"X{n:02d}={hex_reg(regs, f'x{n}', 16)}" for n in range(31)]
-        items.append(f" SP={hex_reg(regs, 'sp', 16)}")
-        lines += rows(items, 3)
-        pstate = int_reg(regs, "pstate") or 0
-        el = (pstate >> 2) & 3
-        lines.append(f"PSTATE={pstate:08x} {_nzcv(pstate)} EL{el}{'h' if pstate & 1 else 't'}")
-    if "fpcr" in regs or "fpsr" in regs:
-        lines.append(f"FPCR={hex_reg(regs, 'fpcr', 8)} FPSR={hex_reg(regs, 'fpsr', 8)}")
-    if cpu.extra.get("powered_off"):
-        lines.append("(powered off)")
+        lines += rows([f"Q{n:02d}={_qreg(regs, n)}" for n in range(32)], 2)
     return lines
+
+
+def _qreg(regs: Mapping[str, RegisterValue], n: int) -> str:
+    value = int_reg(regs, f"v{n}")
+    if value is None:
+        return "-" * 16 + ":" + "-" * 16
+    return f"{value >> 64:016x}:{value & ((1 << 64) - 1):016x}"
+
+
+def _fp_trapped(regs: Mapping[str, RegisterValue], el: int, shift: int) -> bool:
+    """Whether FP (or SVE) instructions trap at ``el`` by CPACR_EL1 (EL0 and EL1 only)."""
+    cpacr = int_reg(regs, "cpacr_el1")
+    if cpacr is None or el > 1:
+        return False
+    enable = (cpacr >> shift) & 3
+    return enable != 3 if el == 0 else enable in (0, 2)
 
 
 def _nzcv(psr: int) -> str:
@@ -170,6 +256,7 @@ ARCH = Arch(
     byteorder="little",
     decode=_decode,
     format=_format,
+    hex_digits=_HEX_DIGITS,
     elf_notes=_elf_notes,
     families=(
         MachineFamily(
