@@ -95,6 +95,15 @@ def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
     fpu = f.sub("cpu/fpu")
     if fpu is not None and fpu.has("env.fpscr"):
         regs["fpscr"] = fpu.uint("env.fpscr")
+    if fpu is not None and fpu.has("env.vsr"):
+        for n, value in enumerate(fpu.uints("env.vsr", 64, count=32)):
+            regs[f"fpr{n}"] = value
+    if f.has("env.reserve_addr"):
+        regs["reserve_addr"] = f.uint("env.reserve_addr")
+    else:
+        # QEMU 8.2 and later no longer save the reservation; the monitor then
+        # prints its length too.
+        extra["reserve_length_shown"] = 1
     return regs
 
 
@@ -112,33 +121,35 @@ def _ppc_cr_fields(cr: int) -> str:
 
 def _format(cpu: CpuState) -> list[str]:
     regs = cpu.registers
+    h = {name: hex_reg(regs, name, 16) for name in (*(n for n, _ in _PPC_SPRS), "nip", "msr", "fpscr")}
     lines = [
-        f"NIP {hex_reg(regs, 'nip', 16)}   LR {hex_reg(regs, 'lr', 16)} CTR {hex_reg(regs, 'ctr', 16)} "
-        f"XER {hex_reg(regs, 'xer', 16)} CPU#{cpu.index}"
+        f"NIP {h['nip']}   LR {h['lr']} CTR {h['ctr']} XER {h['xer']} CPU#{cpu.index}",
+        # The hidden flags and MMU indexes are recomputed by QEMU, not saved.
+        f"MSR {h['msr']} HID0 {h['hid0']}  HF -------- iidx - didx -",
+        # The time base and decrementer run with the host clock; the cpu section has neither.
+        "TB -------- -------- DECR --------",
     ]
-    msr_line = f"MSR {hex_reg(regs, 'msr', 16)}"
-    if "hid0" in regs:
-        msr_line += f" HID0 {hex_reg(regs, 'hid0', 16)}"
-    lines.append(msr_line)
     for row in range(0, 32, 4):
         lines.append(f"GPR{row:02d} " + " ".join(hex_reg(regs, f"r{n}", 16) for n in range(row, row + 4)))
     cr = int_reg(regs, "cr")
-    lines.append(f"CR {hex_reg(regs, 'cr', 8)}  " + (_ppc_cr_fields(cr) if cr is not None else ""))
+    line = f"CR {hex_reg(regs, 'cr', 8)}  " + (_ppc_cr_fields(cr) if cr is not None else "")
+    if cpu.extra.get("reserve_length_shown"):
+        line += "     RES ---@----------------"
+    else:
+        line += f"             RES {hex_reg(regs, 'reserve_addr', 16)}"
+    lines.append(line)
+    if "fpr0" in regs:
+        for row in range(0, 32, 4):
+            lines.append(f"FPR{row:02d} " + " ".join(hex_reg(regs, f"fpr{n}", 16) for n in range(row, row + 4)))
     if "fpscr" in regs:
-        lines.append(f"FPSCR {hex_reg(regs, 'fpscr', 16)}")
-
-    def spr_line(names: Sequence[str]) -> None:
-        present = [n for n in names if n in regs]
-        if present:
-            lines.append(" ".join(f"{n.upper():>5} {hex_reg(regs, n, 16)}" for n in present))
-
-    spr_line(("srr0", "srr1", "pvr", "vrsave"))
-    spr_line(("sprg0", "sprg1", "sprg2", "sprg3"))
-    spr_line(("sprg4", "sprg5", "sprg6", "sprg7"))
-    spr_line(("hsrr0", "hsrr1"))
-    spr_line(("cfar",))
-    spr_line(("lpcr",))
-    spr_line(("ptcr", "dar", "dsisr"))
+        lines.append(f"FPSCR {h['fpscr']}")
+    lines.append(f" SRR0 {h['srr0']}  SRR1 {h['srr1']}    PVR {h['pvr']} VRSAVE {h['vrsave']}")
+    lines.append(f"SPRG0 {h['sprg0']} SPRG1 {h['sprg1']}  SPRG2 {h['sprg2']}  SPRG3 {h['sprg3']}")
+    lines.append(f"SPRG4 {h['sprg4']} SPRG5 {h['sprg5']}  SPRG6 {h['sprg6']}  SPRG7 {h['sprg7']}")
+    lines.append(f"HSRR0 {h['hsrr0']} HSRR1 {h['hsrr1']}")
+    lines.append(f" CFAR {h['cfar']}")
+    lines.append(f" LPCR {h['lpcr']}")
+    lines.append(f" PTCR {h['ptcr']}   DAR {h['dar']}  DSISR {h['dsisr']}")
     return lines
 
 
