@@ -140,7 +140,8 @@ def _format(cpu: CpuState) -> list[str]:
     lines.append(line)
     if "fpr0" in regs:
         for row in range(0, 32, 4):
-            lines.append(f"FPR{row:02d} " + " ".join(hex_reg(regs, f"fpr{n}", 16) for n in range(row, row + 4)))
+            values = " ".join(hex_reg(regs, f"fpr{n}", 16) for n in range(row, row + 4))
+            lines.append(f"FPR{row:02d} {values}")
     if "fpscr" in regs:
         lines.append(f"FPSCR {h['fpscr']}")
     lines.append(f" SRR0 {h['srr0']}  SRR1 {h['srr1']}    PVR {h['pvr']} VRSAVE {h['vrsave']}")

@@ -268,8 +268,10 @@ def _fpu_lines(regs: Mapping[str, RegisterValue], cs64: bool) -> list[str]:
     fprs = []
     for n in range(8):
         value = int_reg(regs, f"fpr{n}")
-        text = f"{value & ((1 << 64) - 1):016x} {value >> 64:04x}" if value is not None else "-" * 16 + " ----"
-        fprs.append(f"FPR{n}={text}")
+        if value is None:
+            fprs.append(f"FPR{n}={'-' * 16} ----")
+        else:
+            fprs.append(f"FPR{n}={value & ((1 << 64) - 1):016x} {value >> 64:04x}")
     lines += rows(fprs, 2)
     xcr0 = int_reg(regs, "xcr0") or 0
     count = 16 if cs64 else 8

@@ -1,0 +1,224 @@
+"""``migstream cpus`` text against QEMU's own ``info registers -a``, line for line.
+
+Oracle: ``info-registers.txt`` next to every corpus stream (HMP output of the
+source QEMU, 7.2 and 10.0), and the captures of real Linux guests made by
+``../shared/tools/make-linux-guest.sh``.  Every line must be equal, except the
+values listed in :data:`ABSENT`: values the stream does not carry, each with
+the reason.  An allowance names the line by a pattern and only the pattern's
+groups may differ; the rest of the line must still be equal.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import CORPUS, CorpusCache, corpus_streams
+
+from migstream.cli.main import main
+
+
+@dataclass(frozen=True)
+class Absent:
+    """Values of one line that the stream does not carry: the groups of ``pattern``."""
+
+    pattern: re.Pattern[str]
+    reason: str
+
+
+#: Per architecture, the values ``info registers`` shows that no stream carries.
+ABSENT: dict[str, tuple[Absent, ...]] = {
+    "x86_64": (),
+    "aarch64": (),
+    "s390x": (),
+    "ppc64": (
+        Absent(
+            re.compile(r"^MSR [0-9a-f]{16} HID0 [0-9a-f]{16}  HF (\S+) iidx (\S+) didx (\S+)$"),
+            "hidden flags and MMU indexes: QEMU recomputes them after loading, the stream has none",
+        ),
+        Absent(
+            re.compile(r"^TB (\S+) (\S+) DECR (\S+)$"),
+            "time base and decrementer: they run with the host clock and are not in the cpu section",
+        ),
+        Absent(
+            re.compile(r"^CR [0-9a-f]{8}  \[[ A-Z-]*\]     RES (\S+)@(\S+)$"),
+            "reservation: QEMU 8.2 and later no longer save it (7.2 does, and it is compared there)",
+        ),
+    ),
+}
+
+#: Streams whose guest kept running after the snapshot: the monitor saw a later state.
+#: Only the lines that the corpus loop firmware changes are left out.
+RUNNING_AFTER = Absent(
+    re.compile(r"^((?:EAX|ESI|EIP|RAX|RSI|R8 |R12|RIP|ES )=.*)$"),
+    "background-snapshot: the guest kept running after the snapshot and its loop changes"
+    " the general registers, flags and ES",
+)
+
+
+def _masked(line: str, absent: Absent) -> str | None:
+    """``line`` with the allowed groups blanked, or None when the pattern does not match."""
+    m = absent.pattern.match(line)
+    if m is None:
+        return None
+    out, last = [], 0
+    for n in range(1, (m.lastindex or 0) + 1):
+        out += [line[last : m.start(n)], "<absent>"]
+        last = m.end(n)
+    return "".join([*out, line[last:]])
+
+
+def compare(want_text: str, got_text: str, arch: str, running_after: bool = False) -> tuple[int, list[str]]:
+    """Lines equal, and the differences; lines covered by an allowance count as equal."""
+    want = want_text.replace("\r\n", "\n").split("\n")
+    got = got_text.split("\n")
+    problems: list[str] = []
+    if len(want) != len(got):
+        problems.append(f"{len(got)} lines, want {len(want)}")
+    allowances = ABSENT[arch] + ((RUNNING_AFTER,) if running_after else ())
+    equal = 0
+    for n, (w, g) in enumerate(zip(want, got, strict=False), 1):
+        if w == g:
+            equal += 1
+            continue
+        for absent in allowances:
+            mw = _masked(w, absent)
+            if mw is not None:
+                if mw != _masked(g, absent):
+                    problems.append(f"line {n}: got {g!r}, want {w!r} (apart from {absent.pattern.pattern})")
+                break
+        else:
+            problems.append(f"line {n}: got {g!r}, want {w!r}")
+    return equal, problems
+
+
+def cpus_text(path: Path) -> str:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = main(["cpus", str(path)])
+    assert rc == 0
+    return out.getvalue()
+
+
+def _corpus_ids() -> list[str]:
+    return [s["id"] for s in corpus_streams() if s["id"].startswith(("qemu-7.2/", "qemu-10.0/"))]
+
+
+@pytest.mark.parametrize("stream_id", _corpus_ids())
+def test_corpus_info_registers_line_for_line(corpus: CorpusCache, stream_id: str) -> None:
+    entry = next(s for s in corpus_streams() if s["id"] == stream_id)
+    want = (CORPUS / stream_id / "info-registers.txt").read_text()
+    got = cpus_text(corpus.raw(stream_id))
+    equal, problems = compare(want, got, entry["target"], entry.get("run_state_after") == "running")
+    assert not problems, "\n".join(problems[:10])
+    assert equal > 0
+
+
+def test_corpus_covers_every_arch_and_both_series() -> None:
+    seen = {(s["target"], s["id"].split("/")[0]) for s in corpus_streams()}
+    if not seen:
+        pytest.skip("the stream corpus is not here")
+    for arch in ABSENT:
+        for series in ("qemu-7.2", "qemu-10.0"):
+            assert (arch, series) in seen
+
+
+# ------------------------------------------------------------------ the comparison itself
+
+
+def test_compare_fails_on_a_changed_value() -> None:
+    text = "\nCPU#0\nEAX=00000000 EBX=00000000\nHLT=1\n"
+    assert compare(text, text, "x86_64") == (5, [])
+    equal, problems = compare(text, text.replace("EBX=00000000", "EBX=00000001"), "x86_64")
+    assert equal == 4 and len(problems) == 1
+    _, problems = compare(text, text + "extra\n", "x86_64")
+    assert problems
+
+
+def test_compare_allows_only_the_listed_values() -> None:
+    want = "MSR 0000000000003000 HID0 0000000000000000  HF 6c002000 iidx 3 didx 3"
+    got = "MSR 0000000000003000 HID0 0000000000000000  HF -------- iidx - didx -"
+    assert compare(want, got, "ppc64")[1] == []
+    # the same line on another architecture has no allowance
+    assert compare(want, got, "x86_64")[1]
+    # a carried value (MSR) still has to be equal
+    assert compare(want, got.replace("3000", "2000", 1), "ppc64")[1]
+
+
+# ------------------------------------------------------------------ real Linux guests
+
+GUEST_SCRIPT = CORPUS.parent / "tools" / "make-linux-guest.sh"
+GUEST_CASES = ("pc-1cpu", "q35-2cpu", "q35-max-512m")
+
+
+def _linux_guest_dir() -> Path:
+    """Captures of make-linux-guest.sh: MIGSTREAM_LINUX_GUEST, else a cache made on first use."""
+    given = os.environ.get("MIGSTREAM_LINUX_GUEST")
+    if given:
+        return Path(given)
+    return Path.home() / ".cache" / "migstream" / "linux-guest"
+
+
+def _ensure_linux_guest(case: str) -> Path:
+    out = _linux_guest_dir()
+    done = out / case / "stream.mig.xz"
+    if done.exists() and (out / case / "info-registers.txt").exists():
+        return out / case
+    if os.environ.get("MIGSTREAM_LINUX_GUEST"):
+        pytest.skip(f"no {case} capture in MIGSTREAM_LINUX_GUEST")
+    if not GUEST_SCRIPT.exists() or shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("make-linux-guest.sh or qemu-system-x86_64 is not here")
+    if shutil.which("apt-get") is None:
+        pytest.skip("apt-get is needed to fetch the guest kernel")
+    env = dict(os.environ, WORK=str(out.parent / "linux-guest-work"), OUT=str(out), KEEP_RAW="0")
+    proc = subprocess.run(
+        ["bash", str(GUEST_SCRIPT), case], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
+    if proc.returncode != 0 or not done.exists():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        pytest.skip(f"make-linux-guest.sh {case} failed (cannot fetch?): {tail[0]}")
+    return out / case
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+@pytest.mark.parametrize("case", GUEST_CASES)
+def test_linux_guest_info_registers_line_for_line(tmp_path: Path, case: str) -> None:
+    folder = _ensure_linux_guest(case)
+    stream = tmp_path / "stream.mig"
+    with lzma.open(folder / "stream.mig.xz") as fin, open(stream, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    want = (folder / "info-registers.txt").read_text()
+    got = cpus_text(stream)
+    equal, problems = compare(want, got, "x86_64")
+    assert not problems, "\n".join(problems[:10])
+    assert equal > 20
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_linux_guest_json_carries_vector_registers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _ensure_linux_guest("q35-max-512m")
+    stream = tmp_path / "stream.mig"
+    with lzma.open(folder / "stream.mig.xz") as fin, open(stream, "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    assert main(["cpus", str(stream), "--json"]) == 0
+    (cpu,) = json.loads(capsys.readouterr().out)
+    regs = cpu["registers"]
+    want = (folder / "info-registers.txt").read_text()
+    for n, hi, lo in re.findall(r"XMM(\d\d)=([0-9a-f]{16}) ([0-9a-f]{16})", want):
+        assert regs[f"xmm{int(n)}"] == f"0x{hi}{lo}"
+    for n, q3, q2, q1, q0 in re.findall(r"YMM(\d\d)=(\w{16}) (\w{16}) (\w{16}) (\w{16})", want):
+        assert regs[f"ymm{int(n)}"] == f"0x{q3}{q2}{q1}{q0}"
+    assert re.search(r"XMM00=|YMM00=|ZMM00=", want)
