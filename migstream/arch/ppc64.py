@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from migstream.arch.cpu_fields import CpuFields
 from migstream.arch.cpu_text import hex_reg, int_reg
@@ -65,7 +65,68 @@ _PPC_SPRS: tuple[tuple[str, int], ...] = (
     ("lpcr", 318),
     ("ptcr", 464),
     ("hid0", 1008),
+    ("mmcra", 786),
+    ("mmcr0", 795),
 )
+
+# MSR bits (bit numbers counted from the least significant bit).
+_MSR_SF = 63
+_MSR_HV = 60
+_MSR_TM = 32
+_MSR_VR = 25
+_MSR_VSX = 23
+_MSR_PR = 14
+_MSR_FP = 13
+_MSR_SE = 10
+_MSR_BE = 9
+_MSR_IR = 5
+_MSR_DR = 4
+_MSR_LE = 0
+# QEMU's hidden-flag bits that do not come straight from the MSR.
+_HFLAGS_64 = 2
+_HFLAGS_GTSE = 3
+_HFLAGS_HR = 5
+_HFLAGS_TM = 8
+_HFLAGS_PMCC0 = 15
+_HFLAGS_PMCC1 = 16
+_HFLAGS_PMCJCE = 17
+_HFLAGS_IMMU_IDX = 26
+_HFLAGS_DMMU_IDX = 29
+#: MSR bits copied as they are on a server CPU (big-endian switch, single step,
+#: branch trace, vector, VSX, problem state, data relocation, FP).
+_HFLAGS_FROM_MSR = sum(
+    1 << b for b in (_MSR_LE, _MSR_PR, _MSR_DR, _MSR_FP, _MSR_BE, _MSR_SE, _MSR_VR, _MSR_VSX)
+)
+_LPCR_GTSE = 1 << 10
+_LPCR_HR = 1 << 11
+_MMCR0_PMCC0 = 1 << 19
+_MMCR0_PMCC1 = 1 << 18
+_MMCR0_PMCJCE = 1 << 14
+
+
+def hidden_flags(msr: int, lpcr: int, mmcr0: int) -> int:
+    """QEMU's hidden-flags word of a 64-bit server vCPU (with a hypervisor mode) from its MSR and SPRs.
+
+    QEMU: target/ppc/helper_regs.c (hreg_compute_hflags_value).
+    """
+    hflags = msr & _HFLAGS_FROM_MSR
+    hflags |= ((msr >> _MSR_SF) & 1) << _HFLAGS_64
+    hflags |= ((msr >> _MSR_TM) & 1) << _HFLAGS_TM
+    hflags |= (1 << _HFLAGS_GTSE) if lpcr & _LPCR_GTSE else 0
+    hflags |= (1 << _HFLAGS_HR) if lpcr & _LPCR_HR else 0
+    hflags |= ((msr >> _MSR_HV) & 1) << 1
+    dmmu = (0 if msr & (1 << _MSR_PR) else 1) | (4 if msr & (1 << _MSR_HV) else 0)
+    immu = dmmu | (0 if msr & (1 << _MSR_IR) else 2)
+    dmmu |= 0 if msr & (1 << _MSR_DR) else 2
+    hflags |= (immu << _HFLAGS_IMMU_IDX) | (dmmu << _HFLAGS_DMMU_IDX)
+    for bit, flag in (
+        (_MMCR0_PMCC0, _HFLAGS_PMCC0),
+        (_MMCR0_PMCC1, _HFLAGS_PMCC1),
+        (_MMCR0_PMCJCE, _HFLAGS_PMCJCE),
+    ):
+        if mmcr0 & bit:
+            hflags |= 1 << flag
+    return hflags
 
 
 def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
@@ -119,13 +180,21 @@ def _ppc_cr_fields(cr: int) -> str:
     return "[ " + " ".join(out) + " ]"
 
 
+def _hflags_text(regs: Mapping[str, RegisterValue]) -> str:
+    """``HF`` with the MMU indexes, rebuilt from the MSR and SPRs (QEMU recomputes them on load)."""
+    msr = int_reg(regs, "msr")
+    if msr is None:
+        return "HF -------- iidx - didx -"
+    hf = hidden_flags(msr, int_reg(regs, "lpcr") or 0, int_reg(regs, "mmcr0") or 0)
+    return f"HF {hf:08x} iidx {(hf >> _HFLAGS_IMMU_IDX) & 7} didx {(hf >> _HFLAGS_DMMU_IDX) & 7}"
+
+
 def _format(cpu: CpuState) -> list[str]:
     regs = cpu.registers
     h = {name: hex_reg(regs, name, 16) for name in (*(n for n, _ in _PPC_SPRS), "nip", "msr", "fpscr")}
     lines = [
         f"NIP {h['nip']}   LR {h['lr']} CTR {h['ctr']} XER {h['xer']} CPU#{cpu.index}",
-        # The hidden flags and MMU indexes are recomputed by QEMU, not saved.
-        f"MSR {h['msr']} HID0 {h['hid0']}  HF -------- iidx - didx -",
+        f"MSR {h['msr']} HID0 {h['hid0']}  {_hflags_text(regs)}",
         # The time base and decrementer run with the host clock; the cpu section has neither.
         "TB -------- -------- DECR --------",
     ]
