@@ -218,3 +218,64 @@ def test_linux_guest_json_carries_vector_registers(
     for n, q3, q2, q1, q0 in re.findall(r"YMM(\d\d)=(\w{16}) (\w{16}) (\w{16}) (\w{16})", want):
         assert regs[f"ymm{int(n)}"] == f"0x{q3}{q2}{q1}{q0}"
     assert re.search(r"XMM00=|YMM00=|ZMM00=", want)
+
+
+# ------------------------------------------------------------------ aarch64 with the FPU on
+
+#: A few AArch64 instructions (little-endian words) for a firmware that enables the FPU (and
+#: SVE), puts values in registers and spins; the corpus vCPUs all have the FPU disabled.
+_A64_FPEN = 0xD2A00600  # movz x0, #0x30, lsl #16: CPACR_EL1.FPEN = 3
+_A64_FPEN_ZEN = 0xD2A00660  # movz x0, #0x33, lsl #16: FPEN = 3, ZEN = 3
+_A64_MSR_CPACR = 0xD5181040  # msr cpacr_el1, x0
+_A64_ISB = 0xD5033FDF
+_A64_FMOV_D0 = 0x1E6E1000  # fmov d0, #1.0
+_A64_FMOV_D1 = 0x1E6E1001  # fmov d1, #1.0
+_A64_MOVZ_X1_3 = 0xD2800061  # movz x1, #3
+_A64_MSR_ZCR = 0xD5181201  # msr zcr_el1, x1: 512-bit vectors
+_A64_PTRUE_P0 = 0x2518E3E0  # ptrue p0.b
+_A64_SPIN = 0x14000000  # b .
+A64_CASES = {
+    "fp-cortex-a57": (
+        "cortex-a57",
+        [_A64_FPEN, _A64_MSR_CPACR, _A64_ISB, _A64_FMOV_D0, _A64_FMOV_D1, _A64_SPIN],
+    ),
+    "fp-max": ("max", [_A64_FPEN, _A64_MSR_CPACR, _A64_ISB, _A64_FMOV_D0, _A64_FMOV_D1, _A64_SPIN]),
+    "sve128": ("max", [_A64_FPEN_ZEN, _A64_MSR_CPACR, _A64_ISB, _A64_FMOV_D0, _A64_PTRUE_P0, _A64_SPIN]),
+    "sve512": (
+        "max",
+        [_A64_FPEN_ZEN, _A64_MSR_CPACR, _A64_ISB, _A64_MOVZ_X1_3, _A64_MSR_ZCR, _A64_ISB]
+        + [_A64_FMOV_D0, _A64_PTRUE_P0, _A64_SPIN],
+    ),
+}
+#: Where the firmware goes (and the vCPU starts): above the device tree at the start of RAM.
+A64_ENTRY = 0x4020_0000
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("case", sorted(A64_CASES))
+def test_aarch64_fpu_on_line_for_line(tmp_path: Path, case: str) -> None:
+    import struct
+    import time
+
+    from qemu_harness import QemuGuest
+
+    binary = shutil.which("qemu-system-aarch64")
+    if binary is None:
+        pytest.skip("qemu-system-aarch64 is not here")
+    cpu, words = A64_CASES[case]
+    firmware = tmp_path / "fw.bin"
+    firmware.write_bytes(struct.pack(f"<{len(words)}I", *words))
+    loader = f"loader,file={firmware},addr={A64_ENTRY:#x},cpu-num=0"
+    with QemuGuest(
+        binary=binary, machine="virt", memory="128M", extra_args=["-cpu", cpu, "-device", loader]
+    ) as guest:
+        guest.cont()
+        time.sleep(0.5)
+        guest.stop()
+        want = guest.qmp("human-monitor-command", {"command-line": "info registers -a"})
+        guest.migrate_to_file(tmp_path / "stream.mig")
+        guest.quit()
+    assert "FPU disabled" not in want
+    equal, problems = compare(want, cpus_text(tmp_path / "stream.mig"), "aarch64")
+    assert not problems, "\n".join(problems[:10])
+    assert equal > 30

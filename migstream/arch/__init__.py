@@ -152,6 +152,8 @@ def decode_cpu(
         if spec.halted_register:
             registers[spec.halted_register] = extra["halted"]
     hex_digits = {name: spec.hex_digits[name] for name in registers if name in spec.hex_digits}
+    if spec.vector_digits is not None:
+        hex_digits.update(spec.vector_digits(registers, extra))
     return CpuState(index=index, arch=spec.name, registers=registers, extra=extra, hex_digits=hex_digits)
 
 

@@ -55,6 +55,8 @@ _SVCR_ZA = 2
 # CPACR_EL1 enable fields for FP/SIMD and SVE.
 _CPACR_FPEN_SHIFT = 20
 _CPACR_ZEN_SHIFT = 16
+_CPACR_SMEN_SHIFT = 24
+_MASK64 = (1 << 64) - 1
 # HCR_EL2 nested virtualisation bits the monitor names.
 _HCR_NV_BITS = (("NV", 1 << 42), ("NV1", 1 << 43), ("NV2", 1 << 45))
 
@@ -107,6 +109,7 @@ _SYSREGS = {
     "id_aa64pfr1_el1": _sysreg_index(3, 0, 0, 4, 1),
     "svcr": _sysreg_index(3, 3, 4, 2, 2),
     "zcr_el1": _sysreg_index(3, 0, 1, 2, 0),
+    "smcr_el1": _sysreg_index(3, 0, 1, 2, 6),
     "scr_el3": _sysreg_index(3, 6, 1, 1, 0),
     "hcr_el2": _sysreg_index(3, 4, 1, 1, 0),
     "cptr_el2": _sysreg_index(3, 4, 1, 1, 2),
@@ -131,8 +134,45 @@ def _decode_system(f: CpuFields, regs: dict[str, RegisterValue], extra: dict[str
                 d = vfp.uints(name)
                 if len(d) >= 2:
                     regs[f"v{n}"] = (d[1] << 64) | d[0]
-    if f.sub("cpu/sve") is not None:
+    sve = f.sub("cpu/sve")
+    if sve is not None:
         extra["sve"] = 1
+        _decode_sve(sve, regs, extra)
+
+
+def _decode_sve(sve: CpuFields, regs: dict[str, RegisterValue], extra: dict[str, int]) -> None:
+    """``z0..z31``, ``p0..p15`` and ``ffr`` at the vector length in use (from ZCR_EL1, or SMCR_EL1 in
+    streaming mode).  The SVE subsection holds the Z registers above their low 128 bits (those are
+    the V registers of the VFP subsection), sized for the largest length."""
+    high = [z.uints("d") for z in sve.structs("env.vfp.zregs", 32)]
+    zregs = []
+    for n, d in enumerate(high):
+        v = regs.get(f"v{n}", 0)
+        low = v if isinstance(v, int) else 0
+        zregs.append([low & ((1 << 64) - 1), low >> 64, *d])
+    pregs = [p.uints("p") for p in sve.structs("env.vfp.pregs", 17)]
+    max_vqm1 = min(len(zregs[0]) // 2, len(pregs[0]) * 4) - 1
+    if max_vqm1 < 0:
+        return
+    svcr = regs.get("svcr", 0)
+    control = regs.get("smcr_el1" if isinstance(svcr, int) and svcr & _SVCR_SM else "zcr_el1", 0)
+    vqm1 = min((control if isinstance(control, int) else 0) & 0xF, max_vqm1)
+    extra["sve_vqm1"] = vqm1
+    for n, d in enumerate(zregs):
+        regs[f"z{n}"] = sum(d[k] << (64 * k) for k in range(2 * (vqm1 + 1)))
+    for n, p in enumerate(pregs):
+        value = sum(p[k] << (64 * k) for k in range(len(p)))
+        regs["ffr" if n == 16 else f"p{n}"] = value & ((1 << (16 * (vqm1 + 1))) - 1)
+
+
+def _vector_digits(regs: Mapping[str, RegisterValue], extra: Mapping[str, int]) -> dict[str, int]:
+    """Hex digits of the scalable registers in JSON: as wide as the vector length in use."""
+    if "sve_vqm1" not in extra:
+        return {}
+    vq = extra["sve_vqm1"] + 1
+    out = {f"z{n}": 32 * vq for n in range(32)}
+    out.update({name: 4 * vq for name in (*(f"p{n}" for n in range(16)), "ffr")})
+    return out
 
 
 # ------------------------------------------------------------ info registers text
@@ -167,13 +207,49 @@ def _format(cpu: CpuState) -> list[str]:
         lines.append(status + "    FPU disabled")
         return lines
     lines.append(status + f"     FPCR={hex_reg(regs, 'fpcr', 8)} FPSR={hex_reg(regs, 'fpsr', 8)}")
-    if cpu.extra.get("sve") and not _fp_trapped(regs, el, _CPACR_ZEN_SHIFT) and not svcr & _SVCR_SM:
-        # Scalable vectors at the vector length in use: the stream keeps only their
-        # low 128 bits here, so the predicate and wide lines are not rebuilt.
-        lines += rows([f"Z{n:02d}={_qreg(regs, n)}" for n in range(32)], 2)
+    if svcr & _SVCR_SM:
+        scalable = not _fp_trapped(regs, el, _CPACR_SMEN_SHIFT)
+    else:
+        scalable = bool(cpu.extra.get("sve")) and not _fp_trapped(regs, el, _CPACR_ZEN_SHIFT)
+    if scalable and "sve_vqm1" in cpu.extra:
+        lines += _sve_lines(regs, cpu.extra["sve_vqm1"])
     else:
         lines += rows([f"Q{n:02d}={_qreg(regs, n)}" for n in range(32)], 2)
     return lines
+
+
+def _sve_lines(regs: Mapping[str, RegisterValue], vqm1: int) -> list[str]:
+    """Predicates (then FFR) and Z registers in the monitor's layout for vector length ``vqm1 + 1``."""
+    out: list[str] = []
+    for n in range(17):
+        if n == 16:
+            out.append("FFR=")
+            eol = True
+        else:
+            out.append(f"P{n:02d}=")
+            per_line = {0: 8, 1: 6, 2: 3, 3: 3}.get(vqm1)
+            eol = per_line is None or n % per_line == per_line - 1
+        value = int_reg(regs, "ffr" if n == 16 else f"p{n}") or 0
+        for j in range(vqm1 // 4, -1, -1):
+            digits = 16 if j * 4 + 4 <= vqm1 + 1 else (vqm1 % 4 + 1) * 4
+            out.append(f"{(value >> (64 * j)) & _MASK64:0{digits}x}")
+            out.append(":" if j else ("\n" if eol else " "))
+    for n in range(32):
+        z = int_reg(regs, f"z{n}") or 0
+        d = [(z >> (64 * k)) & _MASK64 for k in range(2 * (vqm1 + 1))]
+        if vqm1 == 0:
+            out.append(f"Z{n:02d}={d[1]:016x}:{d[0]:016x}" + ("\n" if n & 1 else " "))
+        elif vqm1 == 1:
+            out.append(f"Z{n:02d}={d[3]:016x}:{d[2]:016x}:{d[1]:016x}:{d[0]:016x}\n")
+        else:
+            for j in range(vqm1, -1, -1):
+                odd = (vqm1 - j) % 2 != 0
+                if j == vqm1:
+                    out.append(f"Z{n:02d}[{j:x}-{j - 1:x}]=")
+                elif not odd:
+                    out.append(f"   [{j:x}-{j - 1:x}]=" if j > 0 else f"     [{j:x}]=")
+                out.append(f"{d[2 * j + 1]:016x}:{d[2 * j]:016x}" + ("\n" if odd or j == 0 else ":"))
+    return "".join(out).rstrip("\n").split("\n")
 
 
 def _qreg(regs: Mapping[str, RegisterValue], n: int) -> str:
@@ -257,6 +333,7 @@ ARCH = Arch(
     decode=_decode,
     format=_format,
     hex_digits=_HEX_DIGITS,
+    vector_digits=_vector_digits,
     elf_notes=_elf_notes,
     families=(
         MachineFamily(

@@ -134,6 +134,8 @@ class Arch:
     builtin_note: str = ""
     #: Registers that JSON gives as hex strings, with their number of hex digits.
     hex_digits: Mapping[str, int] = field(default_factory=dict)
+    #: Hex digits of registers whose width depends on the vCPU state (scalable vectors).
+    vector_digits: Callable[[Mapping[str, RegisterValue], Mapping[str, int]], Mapping[str, int]] | None = None
     #: The register that mirrors the ``cpu_common`` halted flag, if the monitor shows it.
     halted_register: str | None = None
 
