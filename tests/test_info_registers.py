@@ -20,6 +20,7 @@ import subprocess
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CORPUS, CorpusCache, corpus_streams
@@ -117,6 +118,73 @@ def test_corpus_info_registers_line_for_line(corpus: CorpusCache, stream_id: str
     equal, problems = compare(want, got, entry["target"], entry.get("run_state_after") == "running")
     assert not problems, "\n".join(problems[:10])
     assert equal > 0
+
+
+def _json_cpus(path: Path) -> list[dict[str, Any]]:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main(["cpus", str(path), "--json"]) == 0
+    cpus: list[dict[str, Any]] = json.loads(out.getvalue())
+    return cpus
+
+
+def _text_values(arch: str, block: str) -> dict[str, int]:
+    """Values of the new JSON keys as QEMU's text shows them (the oracle for ``--json``)."""
+    out: dict[str, int] = {}
+    if arch == "x86_64":
+        for name in ("FCW", "FSW", "FTW", "MXCSR", "CPL", "II", "A20", "SMM", "HLT"):
+            m = re.search(rf"\b{name}=([0-9a-f]+)", block)
+            assert m, name
+            out[name.lower()] = int(m.group(1), 10 if name in ("CPL", "II", "A20", "SMM", "HLT") else 16)
+        for n, mant, exp in re.findall(r"FPR(\d)=([0-9a-f]{16}) ([0-9a-f]{4})", block):
+            out[f"fpr{n}"] = int(exp + mant, 16)
+        for n, hi, lo in re.findall(r"XMM(\d\d)=([0-9a-f]{16}) ([0-9a-f]{16})", block):
+            out[f"xmm{int(n)}"] = int(hi + lo, 16)
+    elif arch == "s390x":
+        for n, v in re.findall(r"\bV(\d\d)=([0-9a-f]{32})", block):
+            out[f"v{int(n)}"] = int(v, 16)
+    elif arch == "ppc64":
+        for row, values in re.findall(r"^FPR(\d\d) ((?:[0-9a-f]{16} ?){4})$", block, re.M):
+            for k, v in enumerate(values.split()):
+                out[f"fpr{int(row) + k}"] = int(v, 16)
+        m = re.search(r"^FPSCR ([0-9a-f]+)", block, re.M)
+        assert m
+        out["fpscr"] = int(m.group(1), 16)
+    elif arch == "aarch64":
+        m = re.search(r"SVCR=([0-9a-f]{8})", block)
+        if m:
+            out["svcr"] = int(m.group(1), 16)
+    return out
+
+
+@pytest.mark.parametrize(
+    "stream_id",
+    [
+        "qemu-7.2/q35-bios-devs-smp2",
+        "qemu-10.0/pc-bios-devs",
+        "qemu-10.0/s390x-ccw-bios",
+        "qemu-7.2/ppc64-pseries-slof",
+        "qemu-10.0/aarch64-virt-gic3-smp2",
+    ],
+)
+def test_corpus_json_carries_the_text_values(corpus: CorpusCache, stream_id: str) -> None:
+    entry = next((s for s in corpus_streams() if s["id"] == stream_id), None)
+    if entry is None:
+        pytest.skip(f"{stream_id} is not in the corpus")
+    text = (CORPUS / stream_id / "info-registers.txt").read_text().replace("\r\n", "\n")
+    blocks = re.split(r"^CPU#\d+$", text, flags=re.M)[1:]
+    cpus = _json_cpus(corpus.raw(stream_id))
+    assert len(cpus) == len(blocks)
+    for cpu, block in zip(cpus, blocks, strict=True):
+        want = _text_values(entry["target"], block)
+        assert want
+        regs = cpu["registers"]
+        for name, value in want.items():
+            got = regs[name]
+            assert (int(got, 16) if isinstance(got, str) else got) == value, name
+        for name, got in regs.items():
+            if isinstance(got, str):
+                assert re.fullmatch(r"0x(?:[0-9a-f]{4})+", got), name
 
 
 def test_corpus_covers_every_arch_and_both_series() -> None:
