@@ -5,8 +5,12 @@ target/arm/arch_dump.c (arm_cpu_write_elf64_note), hw/arm/virt.c (base_memmap).
 
 Registers decoded (all unsigned): ``x0..x30``, ``sp`` (the stack pointer in
 use, kept in the 32nd xreg slot), ``pc``, ``pstate`` (the ``cpsr`` field, a
-big-endian word), and ``fpcr``/``fpsr`` when the VFP state is present.  A vCPU
-saved in AArch32 state gives ``r0..r15``, ``pc`` and ``cpsr`` instead.
+big-endian word), and ``fpcr``/``fpsr``/``v0..v31`` when the VFP state is
+present; with SVE ``z0..z31``, ``p0..p15``, ``ffr`` at the vector length in use;
+from the saved system-register list the ones the monitor's text depends on
+(CPACR_EL1 for "FPU disabled", ID_AA64PFR1_EL1 for SVCR and BTYPE, ZCR_EL1 for
+the vector length...).  A vCPU saved in AArch32 state gives ``r0..r15``, ``pc``
+and ``cpsr`` instead.
 
 ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.
 

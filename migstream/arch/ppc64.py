@@ -6,7 +6,11 @@ target/ppc/arch_dump.c (ppc64_cpu_write_elf64_note, cpu_get_dump_info), hw/ppc/s
 Registers decoded (all unsigned): ``r0..r31``, ``nip``, ``msr``, ``cr`` (the
 eight 4-bit fields, field 0 most significant), and from the SPR array: ``xer``
 (saved there whole, with its SO/OV/CA bits), ``lr``, ``ctr``, ``srr0``,
-``srr1``, ``sprg0..7`` and a few others that the monitor shows.
+``srr1``, ``sprg0..7`` and a few others that the monitor shows; ``fpr0..fpr31``
+and ``fpscr``; ``reserve_addr`` where the stream has it (QEMU before 8.2).  The
+monitor's ``HF`` word and MMU indexes are rebuilt from MSR, LPCR and MMCR0; the
+time base, decrementer and (8.2 and later) the reservation are not in the
+stream and print as dashes.
 
 ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.  The byte order of the
 core follows the interrupt endianness of the first vCPU.
