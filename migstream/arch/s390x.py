@@ -5,10 +5,10 @@ target/s390x/arch_dump.c (s390_cpu_write_elf64_note), hw/s390x/s390-virtio-ccw.c
 
 Registers decoded (all unsigned): ``r0..r15``, ``psw_mask``, ``psw_addr``,
 ``cr0..cr15``, ``fpc``, ``f0..f15`` and, with the vector facility, ``v0..v31``
-(128 bits; hex strings in JSON).  The monitor ends each vCPU with an empty line.  Under TCG the condition code lives outside the PSW while the
-guest runs and is not saved; the CC field of ``psw_mask`` is the one of the last
-PSW load, which the monitor (merging the live condition code) may show
-differently.
+(128 bits; hex strings in JSON).  The monitor ends each vCPU with an empty
+line.  Under TCG the condition code lives outside the PSW while the guest runs
+and is not saved; the CC field of ``psw_mask`` is the one of the last PSW load,
+which the monitor (merging the live condition code) may show differently.
 
 ELF notes per vCPU: ``NT_PRSTATUS``, ``NT_PRFPREG``, then ("LINUX")
 ``NT_S390_PREFIX``, ``NT_S390_CTRS``, ``NT_S390_TIMER``, ``NT_S390_TODCMP``,
