@@ -371,7 +371,7 @@ def test_x86_synthetic_64bit_view() -> None:
     assert cpu.registers["gdt"] == {"base": 0x1000, "limit": 0xFFFFF}
     assert cpu.extra["halted"] == 1
     text = format_cpus([cpu])
-    assert text.startswith("CPU#0\nRAX=ffffffffffffffff")
+    assert text.startswith("\nCPU#0\nRAX=ffffffffffffffff")
     assert "HLT=1" in text and "CPL=3" in text
     (reread,) = parse_info_registers(text)
     problems, compared = compare_cpu(cpu, reread)
@@ -381,7 +381,7 @@ def test_x86_synthetic_64bit_view() -> None:
 def test_x86_synthetic_32bit_view() -> None:
     cpu = decode_cpu(1, _x86_state(**{"env.hflags": 0xB0, "env.efer": 0}))
     text = format_cpus([cpu])
-    assert text.startswith("CPU#1\nEAX=00000000")
+    assert text.startswith("\nCPU#1\nEAX=00000000")
     assert "EIP=80001234" in text
     (reread,) = parse_info_registers(text)
     problems, _ = compare_cpu(cpu, reread)

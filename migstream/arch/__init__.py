@@ -149,18 +149,26 @@ def decode_cpu(
             extra["halted"] = int(halted)
         else:
             extra["halted"] = to_uint(halted, 32, f"{CPU_COMMON_IDSTR} (instance {index})", "halted")
-    return CpuState(index=index, arch=spec.name, registers=registers, extra=extra)
+        if spec.halted_register:
+            registers[spec.halted_register] = extra["halted"]
+    hex_digits = {name: spec.hex_digits[name] for name in registers if name in spec.hex_digits}
+    if spec.vector_digits is not None:
+        hex_digits.update(spec.vector_digits(registers, extra))
+    return CpuState(index=index, arch=spec.name, registers=registers, extra=extra, hex_digits=hex_digits)
 
 
 def format_cpus(cpus: Sequence[CpuState]) -> str:
-    """All vCPUs like ``info registers``, one ``CPU#n`` block each, separated by a blank line."""
-    return "\n".join(format_cpu(cpu) for cpu in cpus)
+    """All vCPUs like ``info registers -a``: each block a blank line, ``CPU#n``, the registers."""
+    return "".join(format_cpu(cpu) for cpu in cpus)
 
 
 def format_cpu(cpu: CpuState) -> str:
-    """One vCPU as a ``CPU#n`` block ending with a newline."""
+    """One vCPU as the monitor prints it: a blank line, ``CPU#n``, its lines, each ending with a newline.
+
+    QEMU: monitor/hmp-cmds-target.c (hmp_info_registers).
+    """
     spec = find_arch(cpu.arch)
-    lines = [f"CPU#{cpu.index}", *(spec.format(cpu) if spec else format_generic(cpu))]
+    lines = ["", f"CPU#{cpu.index}", *(spec.format(cpu) if spec else format_generic(cpu))]
     return "\n".join(lines) + "\n"
 
 

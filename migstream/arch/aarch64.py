@@ -5,8 +5,12 @@ target/arm/arch_dump.c (arm_cpu_write_elf64_note), hw/arm/virt.c (base_memmap).
 
 Registers decoded (all unsigned): ``x0..x30``, ``sp`` (the stack pointer in
 use, kept in the 32nd xreg slot), ``pc``, ``pstate`` (the ``cpsr`` field, a
-big-endian word), and ``fpcr``/``fpsr`` when the VFP state is present.  A vCPU
-saved in AArch32 state gives ``r0..r15``, ``pc`` and ``cpsr`` instead.
+big-endian word), and ``fpcr``/``fpsr``/``v0..v31`` when the VFP state is
+present; with SVE ``z0..z31``, ``p0..p15``, ``ffr`` at the vector length in use;
+from the saved system-register list the ones the monitor's text depends on
+(CPACR_EL1 for "FPU disabled", ID_AA64PFR1_EL1 for SVCR and BTYPE, ZCR_EL1 for
+the vector length...).  A vCPU saved in AArch32 state gives ``r0..r15``, ``pc``
+and ``cpsr`` instead.
 
 ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.
 
@@ -45,6 +49,20 @@ _FPSR_IN_FPSCR = 0xF800009F
 _FPCR_IN_FPSCR = 0x07FF9F00
 # PSTATE.nRW: set when the vCPU executes in AArch32 state.
 _PSTATE_NRW = 0x10
+_PSTATE_BTYPE_SHIFT = 10
+# ID_AA64PFR1_EL1: BT (branch target identification) and SME fields.
+_PFR1_BT_MASK = 0xF
+_PFR1_SME_SHIFT = 24
+# SVCR bits: streaming mode, ZA storage.
+_SVCR_SM = 1
+_SVCR_ZA = 2
+# CPACR_EL1 enable fields for FP/SIMD and SVE.
+_CPACR_FPEN_SHIFT = 20
+_CPACR_ZEN_SHIFT = 16
+_CPACR_SMEN_SHIFT = 24
+_MASK64 = (1 << 64) - 1
+# HCR_EL2 nested virtualisation bits the monitor names.
+_HCR_NV_BITS = (("NV", 1 << 42), ("NV1", 1 << 43), ("NV2", 1 << 45))
 
 
 def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
@@ -78,7 +96,87 @@ def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
         regs["fpsr"] = fpsr
     if f.has("power_state"):
         extra["powered_off"] = f.uint("power_state", 8)
+    _decode_system(f, regs, extra)
     return regs
+
+
+def _sysreg_index(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
+    """The index of an AArch64 system register in the saved coprocessor register list."""
+    return _CPREG_ARM64_SYSREG | (op0 << 14) | (op1 << 11) | (crn << 7) | (crm << 3) | op2
+
+
+#: Index base of a 64-bit AArch64 system register (KVM's encoding, which the list uses).
+_CPREG_ARM64_SYSREG = 0x6030_0000_0013_0000
+#: System registers the monitor's dump depends on, by the key they get.
+_SYSREGS = {
+    "cpacr_el1": _sysreg_index(3, 0, 1, 0, 2),
+    "id_aa64pfr1_el1": _sysreg_index(3, 0, 0, 4, 1),
+    "svcr": _sysreg_index(3, 3, 4, 2, 2),
+    "zcr_el1": _sysreg_index(3, 0, 1, 2, 0),
+    "smcr_el1": _sysreg_index(3, 0, 1, 2, 6),
+    "scr_el3": _sysreg_index(3, 6, 1, 1, 0),
+    "hcr_el2": _sysreg_index(3, 4, 1, 1, 0),
+    "cptr_el2": _sysreg_index(3, 4, 1, 1, 2),
+    "cptr_el3": _sysreg_index(3, 6, 1, 1, 2),
+}
+#: Hex digits of the registers that JSON gives as hex strings.
+_HEX_DIGITS = {f"v{n}": 32 for n in range(32)}
+
+
+def _decode_system(f: CpuFields, regs: dict[str, RegisterValue], extra: dict[str, int]) -> None:
+    """System registers from the saved coprocessor register list, the SIMD registers, CPU features."""
+    if f.has("cpreg_vmstate_indexes") and f.has("cpreg_vmstate_values"):
+        saved = dict(zip(f.uints("cpreg_vmstate_indexes"), f.uints("cpreg_vmstate_values"), strict=False))
+        for name, index in _SYSREGS.items():
+            if index in saved:
+                regs[name] = saved[index]
+    vfp = f.sub("cpu/vfp")
+    if vfp is not None:
+        for n in range(32):
+            name = f"env.vfp.zregs[{n}].d"
+            if vfp.has(name):
+                d = vfp.uints(name)
+                if len(d) >= 2:
+                    regs[f"v{n}"] = (d[1] << 64) | d[0]
+    sve = f.sub("cpu/sve")
+    if sve is not None:
+        extra["sve"] = 1
+        _decode_sve(sve, regs, extra)
+
+
+def _decode_sve(sve: CpuFields, regs: dict[str, RegisterValue], extra: dict[str, int]) -> None:
+    """``z0..z31``, ``p0..p15`` and ``ffr`` at the vector length in use (from ZCR_EL1, or SMCR_EL1 in
+    streaming mode).  The SVE subsection holds the Z registers above their low 128 bits (those are
+    the V registers of the VFP subsection), sized for the largest length."""
+    high = [z.uints("d") for z in sve.structs("env.vfp.zregs", 32)]
+    zregs = []
+    for n, d in enumerate(high):
+        v = regs.get(f"v{n}", 0)
+        low = v if isinstance(v, int) else 0
+        zregs.append([low & ((1 << 64) - 1), low >> 64, *d])
+    pregs = [p.uints("p") for p in sve.structs("env.vfp.pregs", 17)]
+    max_vqm1 = min(len(zregs[0]) // 2, len(pregs[0]) * 4) - 1
+    if max_vqm1 < 0:
+        return
+    svcr = regs.get("svcr", 0)
+    control = regs.get("smcr_el1" if isinstance(svcr, int) and svcr & _SVCR_SM else "zcr_el1", 0)
+    vqm1 = min((control if isinstance(control, int) else 0) & 0xF, max_vqm1)
+    extra["sve_vqm1"] = vqm1
+    for n, d in enumerate(zregs):
+        regs[f"z{n}"] = sum(d[k] << (64 * k) for k in range(2 * (vqm1 + 1)))
+    for n, p in enumerate(pregs):
+        value = sum(p[k] << (64 * k) for k in range(len(p)))
+        regs["ffr" if n == 16 else f"p{n}"] = value & ((1 << (16 * (vqm1 + 1))) - 1)
+
+
+def _vector_digits(regs: Mapping[str, RegisterValue], extra: Mapping[str, int]) -> dict[str, int]:
+    """Hex digits of the scalable registers in JSON: as wide as the vector length in use."""
+    if "sve_vqm1" not in extra:
+        return {}
+    vq = extra["sve_vqm1"] + 1
+    out = {f"z{n}": 32 * vq for n in range(32)}
+    out.update({name: 4 * vq for name in (*(f"p{n}" for n in range(16)), "ffr")})
+    return out
 
 
 # ------------------------------------------------------------ info registers text
@@ -91,19 +189,87 @@ def _format(cpu: CpuState) -> list[str]:
         lines += rows([f"R{n:02d}={hex_reg(regs, f'r{n}', 8)}" for n in range(16)], 4)
         psr = int_reg(regs, "cpsr") or 0
         lines.append(f"PSR={psr:08x} {_nzcv(psr)} A32")
+        return lines
+    items = [f" PC={hex_reg(regs, 'pc', 16)}"]
+    items += [f"X{n:02d}={hex_reg(regs, f'x{n}', 16)}" for n in range(31)]
+    items.append(f" SP={hex_reg(regs, 'sp', 16)}")
+    lines += rows(items, 3)
+    pstate = int_reg(regs, "pstate") or 0
+    el = (pstate >> 2) & 3
+    scr = int_reg(regs, "scr_el3")
+    ns_status = "" if scr is None or el == 3 else ("NS " if scr & 1 else "S ")
+    status = f"PSTATE={pstate:08x} {_nzcv(pstate)} {ns_status}EL{el}{'h' if pstate & 1 else 't'}"
+    pfr1 = int_reg(regs, "id_aa64pfr1_el1") or 0
+    svcr = int_reg(regs, "svcr") or 0
+    if (pfr1 >> _PFR1_SME_SHIFT) & 0xF:
+        status += f"  SVCR={svcr:08x} {'Z' if svcr & _SVCR_ZA else '-'}{'S' if svcr & _SVCR_SM else '-'}"
+    if pfr1 & _PFR1_BT_MASK:
+        status += f"  BTYPE={(pstate >> _PSTATE_BTYPE_SHIFT) & 3}"
+    hcr = int_reg(regs, "hcr_el2") or 0
+    status += "".join(f" {name}" for name, bit in _HCR_NV_BITS if hcr & bit)
+    if _fp_trapped(regs, el, _CPACR_FPEN_SHIFT):
+        lines.append(status + "    FPU disabled")
+        return lines
+    lines.append(status + f"     FPCR={hex_reg(regs, 'fpcr', 8)} FPSR={hex_reg(regs, 'fpsr', 8)}")
+    if svcr & _SVCR_SM:
+        scalable = not _fp_trapped(regs, el, _CPACR_SMEN_SHIFT)
     else:
-        items = [f" PC={hex_reg(regs, 'pc', 16)}"]
-        items += [f"X{n:02d}={hex_reg(regs, f'x{n}', 16)}" for n in range(31)]
-        items.append(f" SP={hex_reg(regs, 'sp', 16)}")
-        lines += rows(items, 3)
-        pstate = int_reg(regs, "pstate") or 0
-        el = (pstate >> 2) & 3
-        lines.append(f"PSTATE={pstate:08x} {_nzcv(pstate)} EL{el}{'h' if pstate & 1 else 't'}")
-    if "fpcr" in regs or "fpsr" in regs:
-        lines.append(f"FPCR={hex_reg(regs, 'fpcr', 8)} FPSR={hex_reg(regs, 'fpsr', 8)}")
-    if cpu.extra.get("powered_off"):
-        lines.append("(powered off)")
+        scalable = bool(cpu.extra.get("sve")) and not _fp_trapped(regs, el, _CPACR_ZEN_SHIFT)
+    if scalable and "sve_vqm1" in cpu.extra:
+        lines += _sve_lines(regs, cpu.extra["sve_vqm1"])
+    else:
+        lines += rows([f"Q{n:02d}={_qreg(regs, n)}" for n in range(32)], 2)
     return lines
+
+
+def _sve_lines(regs: Mapping[str, RegisterValue], vqm1: int) -> list[str]:
+    """Predicates (then FFR) and Z registers in the monitor's layout for vector length ``vqm1 + 1``."""
+    out: list[str] = []
+    for n in range(17):
+        if n == 16:
+            out.append("FFR=")
+            eol = True
+        else:
+            out.append(f"P{n:02d}=")
+            per_line = {0: 8, 1: 6, 2: 3, 3: 3}.get(vqm1)
+            eol = per_line is None or n % per_line == per_line - 1
+        value = int_reg(regs, "ffr" if n == 16 else f"p{n}") or 0
+        for j in range(vqm1 // 4, -1, -1):
+            digits = 16 if j * 4 + 4 <= vqm1 + 1 else (vqm1 % 4 + 1) * 4
+            out.append(f"{(value >> (64 * j)) & _MASK64:0{digits}x}")
+            out.append(":" if j else ("\n" if eol else " "))
+    for n in range(32):
+        z = int_reg(regs, f"z{n}") or 0
+        d = [(z >> (64 * k)) & _MASK64 for k in range(2 * (vqm1 + 1))]
+        if vqm1 == 0:
+            out.append(f"Z{n:02d}={d[1]:016x}:{d[0]:016x}" + ("\n" if n & 1 else " "))
+        elif vqm1 == 1:
+            out.append(f"Z{n:02d}={d[3]:016x}:{d[2]:016x}:{d[1]:016x}:{d[0]:016x}\n")
+        else:
+            for j in range(vqm1, -1, -1):
+                odd = (vqm1 - j) % 2 != 0
+                if j == vqm1:
+                    out.append(f"Z{n:02d}[{j:x}-{j - 1:x}]=")
+                elif not odd:
+                    out.append(f"   [{j:x}-{j - 1:x}]=" if j > 0 else f"     [{j:x}]=")
+                out.append(f"{d[2 * j + 1]:016x}:{d[2 * j]:016x}" + ("\n" if odd or j == 0 else ":"))
+    return "".join(out).rstrip("\n").split("\n")
+
+
+def _qreg(regs: Mapping[str, RegisterValue], n: int) -> str:
+    value = int_reg(regs, f"v{n}")
+    if value is None:
+        return "-" * 16 + ":" + "-" * 16
+    return f"{value >> 64:016x}:{value & ((1 << 64) - 1):016x}"
+
+
+def _fp_trapped(regs: Mapping[str, RegisterValue], el: int, shift: int) -> bool:
+    """Whether FP (or SVE) instructions trap at ``el`` by CPACR_EL1 (EL0 and EL1 only)."""
+    cpacr = int_reg(regs, "cpacr_el1")
+    if cpacr is None or el > 1:
+        return False
+    enable = (cpacr >> shift) & 3
+    return enable != 3 if el == 0 else enable in (0, 2)
 
 
 def _nzcv(psr: int) -> str:
@@ -170,6 +336,8 @@ ARCH = Arch(
     byteorder="little",
     decode=_decode,
     format=_format,
+    hex_digits=_HEX_DIGITS,
+    vector_digits=_vector_digits,
     elf_notes=_elf_notes,
     families=(
         MachineFamily(

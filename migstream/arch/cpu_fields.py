@@ -30,6 +30,11 @@ class CpuFields:
     def section(self) -> str:
         return self._section
 
+    @property
+    def mapping(self) -> Mapping[str, Any]:
+        """The decoded fields themselves."""
+        return self._state
+
     def _path(self, name: str) -> str:
         return f"{self._prefix}.{name}" if self._prefix else name
 

@@ -1,10 +1,10 @@
 """What the architecture modules share to print vCPU registers like ``info registers``.
 
-Each vCPU starts with a ``CPU#<index>`` line, then the registers in the layout
-the monitor uses for that architecture (each architecture module has its own),
-so that the output can be read (and diffed) against ``info registers -a`` of
-the source VM.  Registers the stream does not carry (floating point, vector,
-timers) are left out; a register the decoded state lacks prints as dashes.
+Each vCPU is an empty line, a ``CPU#<index>`` line, then the registers in the
+layout the monitor uses for that architecture (each architecture module has its
+own), so that the output equals ``info registers -a`` of the source VM line for
+line.  A value the stream does not carry (or the decoded state lacks) prints as
+dashes in its place.
 
 QEMU: monitor/hmp-cmds-target.c (hmp_info_registers), target/*/cpu-dump.c.
 """

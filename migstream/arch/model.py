@@ -44,12 +44,23 @@ class CpuState:
     arch: str
     registers: Mapping[str, RegisterValue]
     extra: Mapping[str, int] = field(default_factory=dict)
+    #: Registers given in JSON as ``0x``-prefixed hex strings of this many digits
+    #: (vector and other registers wider than 64 bits).
+    hex_digits: Mapping[str, int] = field(default_factory=dict)
+
+    def json_value(self, name: str) -> object:
+        """One register as JSON gives it."""
+        value = self.registers[name]
+        if isinstance(value, Mapping):
+            return dict(value)
+        digits = self.hex_digits.get(name)
+        return f"0x{value:0{digits}x}" if digits else value
 
     def to_json(self) -> dict[str, object]:
         return {
             "index": self.index,
             "arch": self.arch,
-            "registers": {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.registers.items()},
+            "registers": {k: self.json_value(k) for k in self.registers},
         }
 
 
@@ -121,6 +132,12 @@ class Arch:
     decode_builtin: Callable[[memoryview, str, int, int, int, str], Struct | None] | None = None
     #: What the diagnostics say of a section decoded with :attr:`decode_builtin`.
     builtin_note: str = ""
+    #: Registers that JSON gives as hex strings, with their number of hex digits.
+    hex_digits: Mapping[str, int] = field(default_factory=dict)
+    #: Hex digits of registers whose width depends on the vCPU state (scalable vectors).
+    vector_digits: Callable[[Mapping[str, RegisterValue], Mapping[str, int]], Mapping[str, int]] | None = None
+    #: The register that mirrors the ``cpu_common`` halted flag, if the monitor shows it.
+    halted_register: str | None = None
 
     def elf_byteorder(self, cpus: Sequence[CpuState]) -> str:
         """The byte order QEMU's ``dump-guest-memory`` would give a core of these vCPUs."""

@@ -6,7 +6,11 @@ target/ppc/arch_dump.c (ppc64_cpu_write_elf64_note, cpu_get_dump_info), hw/ppc/s
 Registers decoded (all unsigned): ``r0..r31``, ``nip``, ``msr``, ``cr`` (the
 eight 4-bit fields, field 0 most significant), and from the SPR array: ``xer``
 (saved there whole, with its SO/OV/CA bits), ``lr``, ``ctr``, ``srr0``,
-``srr1``, ``sprg0..7`` and a few others that the monitor shows.
+``srr1``, ``sprg0..7`` and a few others that the monitor shows; ``fpr0..fpr31``
+and ``fpscr``; ``reserve_addr`` where the stream has it (QEMU before 8.2).  The
+monitor's ``HF`` word and MMU indexes are rebuilt from MSR, LPCR and MMCR0; the
+time base, decrementer and (8.2 and later) the reservation are not in the
+stream and print as dashes.
 
 ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.  The byte order of the
 core follows the interrupt endianness of the first vCPU.
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from migstream.arch.cpu_fields import CpuFields
 from migstream.arch.cpu_text import hex_reg, int_reg
@@ -65,7 +69,68 @@ _PPC_SPRS: tuple[tuple[str, int], ...] = (
     ("lpcr", 318),
     ("ptcr", 464),
     ("hid0", 1008),
+    ("mmcra", 786),
+    ("mmcr0", 795),
 )
+
+# MSR bits (bit numbers counted from the least significant bit).
+_MSR_SF = 63
+_MSR_HV = 60
+_MSR_TM = 32
+_MSR_VR = 25
+_MSR_VSX = 23
+_MSR_PR = 14
+_MSR_FP = 13
+_MSR_SE = 10
+_MSR_BE = 9
+_MSR_IR = 5
+_MSR_DR = 4
+_MSR_LE = 0
+# QEMU's hidden-flag bits that do not come straight from the MSR.
+_HFLAGS_64 = 2
+_HFLAGS_GTSE = 3
+_HFLAGS_HR = 5
+_HFLAGS_TM = 8
+_HFLAGS_PMCC0 = 15
+_HFLAGS_PMCC1 = 16
+_HFLAGS_PMCJCE = 17
+_HFLAGS_IMMU_IDX = 26
+_HFLAGS_DMMU_IDX = 29
+#: MSR bits copied as they are on a server CPU (big-endian switch, single step,
+#: branch trace, vector, VSX, problem state, data relocation, FP).
+_HFLAGS_FROM_MSR = sum(
+    1 << b for b in (_MSR_LE, _MSR_PR, _MSR_DR, _MSR_FP, _MSR_BE, _MSR_SE, _MSR_VR, _MSR_VSX)
+)
+_LPCR_GTSE = 1 << 10
+_LPCR_HR = 1 << 11
+_MMCR0_PMCC0 = 1 << 19
+_MMCR0_PMCC1 = 1 << 18
+_MMCR0_PMCJCE = 1 << 14
+
+
+def hidden_flags(msr: int, lpcr: int, mmcr0: int) -> int:
+    """QEMU's hidden-flags word of a 64-bit server vCPU (with a hypervisor mode) from its MSR and SPRs.
+
+    QEMU: target/ppc/helper_regs.c (hreg_compute_hflags_value).
+    """
+    hflags = msr & _HFLAGS_FROM_MSR
+    hflags |= ((msr >> _MSR_SF) & 1) << _HFLAGS_64
+    hflags |= ((msr >> _MSR_TM) & 1) << _HFLAGS_TM
+    hflags |= (1 << _HFLAGS_GTSE) if lpcr & _LPCR_GTSE else 0
+    hflags |= (1 << _HFLAGS_HR) if lpcr & _LPCR_HR else 0
+    hflags |= ((msr >> _MSR_HV) & 1) << 1
+    dmmu = (0 if msr & (1 << _MSR_PR) else 1) | (4 if msr & (1 << _MSR_HV) else 0)
+    immu = dmmu | (0 if msr & (1 << _MSR_IR) else 2)
+    dmmu |= 0 if msr & (1 << _MSR_DR) else 2
+    hflags |= (immu << _HFLAGS_IMMU_IDX) | (dmmu << _HFLAGS_DMMU_IDX)
+    for bit, flag in (
+        (_MMCR0_PMCC0, _HFLAGS_PMCC0),
+        (_MMCR0_PMCC1, _HFLAGS_PMCC1),
+        (_MMCR0_PMCJCE, _HFLAGS_PMCJCE),
+    ):
+        if mmcr0 & bit:
+            hflags |= 1 << flag
+    return hflags
 
 
 def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
@@ -95,6 +160,15 @@ def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
     fpu = f.sub("cpu/fpu")
     if fpu is not None and fpu.has("env.fpscr"):
         regs["fpscr"] = fpu.uint("env.fpscr")
+    if fpu is not None and fpu.has("env.vsr"):
+        for n, value in enumerate(fpu.uints("env.vsr", 64, count=32)):
+            regs[f"fpr{n}"] = value
+    if f.has("env.reserve_addr"):
+        regs["reserve_addr"] = f.uint("env.reserve_addr")
+    else:
+        # QEMU 8.2 and later no longer save the reservation; the monitor then
+        # prints its length too.
+        extra["reserve_length_shown"] = 1
     return regs
 
 
@@ -110,35 +184,46 @@ def _ppc_cr_fields(cr: int) -> str:
     return "[ " + " ".join(out) + " ]"
 
 
+def _hflags_text(regs: Mapping[str, RegisterValue]) -> str:
+    """``HF`` with the MMU indexes, rebuilt from the MSR and SPRs (QEMU recomputes them on load)."""
+    msr = int_reg(regs, "msr")
+    if msr is None:
+        return "HF -------- iidx - didx -"
+    hf = hidden_flags(msr, int_reg(regs, "lpcr") or 0, int_reg(regs, "mmcr0") or 0)
+    return f"HF {hf:08x} iidx {(hf >> _HFLAGS_IMMU_IDX) & 7} didx {(hf >> _HFLAGS_DMMU_IDX) & 7}"
+
+
 def _format(cpu: CpuState) -> list[str]:
     regs = cpu.registers
+    h = {name: hex_reg(regs, name, 16) for name in (*(n for n, _ in _PPC_SPRS), "nip", "msr", "fpscr")}
     lines = [
-        f"NIP {hex_reg(regs, 'nip', 16)}   LR {hex_reg(regs, 'lr', 16)} CTR {hex_reg(regs, 'ctr', 16)} "
-        f"XER {hex_reg(regs, 'xer', 16)} CPU#{cpu.index}"
+        f"NIP {h['nip']}   LR {h['lr']} CTR {h['ctr']} XER {h['xer']} CPU#{cpu.index}",
+        f"MSR {h['msr']} HID0 {h['hid0']}  {_hflags_text(regs)}",
+        # The time base and decrementer run with the host clock; the cpu section has neither.
+        "TB -------- -------- DECR --------",
     ]
-    msr_line = f"MSR {hex_reg(regs, 'msr', 16)}"
-    if "hid0" in regs:
-        msr_line += f" HID0 {hex_reg(regs, 'hid0', 16)}"
-    lines.append(msr_line)
     for row in range(0, 32, 4):
         lines.append(f"GPR{row:02d} " + " ".join(hex_reg(regs, f"r{n}", 16) for n in range(row, row + 4)))
     cr = int_reg(regs, "cr")
-    lines.append(f"CR {hex_reg(regs, 'cr', 8)}  " + (_ppc_cr_fields(cr) if cr is not None else ""))
+    line = f"CR {hex_reg(regs, 'cr', 8)}  " + (_ppc_cr_fields(cr) if cr is not None else "")
+    if cpu.extra.get("reserve_length_shown"):
+        line += "     RES ---@----------------"
+    else:
+        line += f"             RES {hex_reg(regs, 'reserve_addr', 16)}"
+    lines.append(line)
+    if "fpr0" in regs:
+        for row in range(0, 32, 4):
+            values = " ".join(hex_reg(regs, f"fpr{n}", 16) for n in range(row, row + 4))
+            lines.append(f"FPR{row:02d} {values}")
     if "fpscr" in regs:
-        lines.append(f"FPSCR {hex_reg(regs, 'fpscr', 16)}")
-
-    def spr_line(names: Sequence[str]) -> None:
-        present = [n for n in names if n in regs]
-        if present:
-            lines.append(" ".join(f"{n.upper():>5} {hex_reg(regs, n, 16)}" for n in present))
-
-    spr_line(("srr0", "srr1", "pvr", "vrsave"))
-    spr_line(("sprg0", "sprg1", "sprg2", "sprg3"))
-    spr_line(("sprg4", "sprg5", "sprg6", "sprg7"))
-    spr_line(("hsrr0", "hsrr1"))
-    spr_line(("cfar",))
-    spr_line(("lpcr",))
-    spr_line(("ptcr", "dar", "dsisr"))
+        lines.append(f"FPSCR {h['fpscr']}")
+    lines.append(f" SRR0 {h['srr0']}  SRR1 {h['srr1']}    PVR {h['pvr']} VRSAVE {h['vrsave']}")
+    lines.append(f"SPRG0 {h['sprg0']} SPRG1 {h['sprg1']}  SPRG2 {h['sprg2']}  SPRG3 {h['sprg3']}")
+    lines.append(f"SPRG4 {h['sprg4']} SPRG5 {h['sprg5']}  SPRG6 {h['sprg6']}  SPRG7 {h['sprg7']}")
+    lines.append(f"HSRR0 {h['hsrr0']} HSRR1 {h['hsrr1']}")
+    lines.append(f" CFAR {h['cfar']}")
+    lines.append(f" LPCR {h['lpcr']}")
+    lines.append(f" PTCR {h['ptcr']}   DAR {h['dar']}  DSISR {h['dsisr']}")
     return lines
 
 

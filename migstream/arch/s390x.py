@@ -4,10 +4,11 @@ QEMU: target/s390x/machine.c (vmstate_s390_cpu), target/s390x/cpu-dump.c (s390_c
 target/s390x/arch_dump.c (s390_cpu_write_elf64_note), hw/s390x/s390-virtio-ccw.c.
 
 Registers decoded (all unsigned): ``r0..r15``, ``psw_mask``, ``psw_addr``,
-``cr0..cr15``.  Under TCG the condition code lives outside the PSW while the
-guest runs and is not saved; the CC field of ``psw_mask`` is the one of the last
-PSW load, which the monitor (merging the live condition code) may show
-differently.
+``cr0..cr15``, ``fpc``, ``f0..f15`` and, with the vector facility, ``v0..v31``
+(128 bits; hex strings in JSON).  The monitor ends each vCPU with an empty
+line.  Under TCG the condition code lives outside the PSW while the guest runs
+and is not saved; the CC field of ``psw_mask`` is the one of the last PSW load,
+which the monitor (merging the live condition code) may show differently.
 
 ELF notes per vCPU: ``NT_PRSTATUS``, ``NT_PRFPREG``, then ("LINUX")
 ``NT_S390_PREFIX``, ``NT_S390_CTRS``, ``NT_S390_TIMER``, ``NT_S390_TODCMP``,
@@ -40,6 +41,8 @@ from migstream.ram.layout import Placement
 
 NAME = "s390x"
 
+_VREG_FIELD = re.compile(r"env\.vregs\[(\d+)\]\[([01])\]")
+
 # ----------------------------------------------------------------------- registers
 
 
@@ -52,7 +55,37 @@ def _decode(f: CpuFields, extra: dict[str, int]) -> dict[str, RegisterValue]:
     if f.has("env.cregs"):
         for n, value in enumerate(f.uints("env.cregs", 64, count=16)):
             regs[f"cr{n}"] = value
+    _decode_vector(f, regs, extra)
     return regs
+
+
+#: Hex digits of the registers that JSON gives as hex strings.
+_HEX_DIGITS = {f"v{n}": 32 for n in range(32)}
+
+
+def _decode_vector(f: CpuFields, regs: dict[str, RegisterValue], extra: dict[str, int]) -> None:
+    """``fpc``, ``f0..f15`` (the left doublewords of the first 16 vector registers) and,
+    when the stream carries the vector subsection, ``v0..v31`` (128 bits, doubleword 0 first)."""
+    fpu = f.sub("cpu/fpu")
+    if fpu is None:
+        return
+    halves: dict[tuple[int, int], int] = {}
+    for sub in (fpu, f.sub("cpu/vregs")):
+        if sub is None:
+            continue
+        for name in sub.mapping:
+            m = _VREG_FIELD.fullmatch(name)
+            if m:
+                halves[(int(m.group(1)), int(m.group(2)))] = sub.uint(name)
+    if fpu.has("env.fpc"):
+        regs["fpc"] = fpu.uint("env.fpc", 32)
+    for n in range(16):
+        if (n, 0) in halves:
+            regs[f"f{n}"] = halves[(n, 0)]
+    if f.sub("cpu/vregs") is not None and all((n, h) in halves for n in range(32) for h in (0, 1)):
+        extra["vector"] = 1
+        for n in range(32):
+            regs[f"v{n}"] = (halves[(n, 0)] << 64) | halves[(n, 1)]
 
 
 # ------------------------------------------------------------ info registers text
@@ -65,8 +98,14 @@ def _format(cpu: CpuState) -> list[str]:
     cc = f" cc {(mask >> 44) & 3:02x}" if mask is not None else ""
     lines = [f"PSW=mask {hex_reg(regs, 'psw_mask', 16)} addr {hex_reg(regs, 'psw_addr', 16)}{cc}"]
     lines += rows([f"R{n:02d}={hex_reg(regs, f'r{n}', 16)}" for n in range(16)], 4)
+    if cpu.extra.get("vector"):
+        lines += rows([f"V{n:02d}={hex_reg(regs, f'v{n}', 32)}" for n in range(32)], 2)
+    elif "f0" in regs:
+        lines += rows([f"F{n:02d}={hex_reg(regs, f'f{n}', 16)}" for n in range(16)], 4)
     if any(f"cr{n}" in regs for n in range(16)):
         lines += rows([f"C{n:02d}={hex_reg(regs, f'cr{n}', 16)}" for n in range(16)], 4)
+    # The monitor ends each vCPU with an empty line.
+    lines.append("")
     return lines
 
 
@@ -123,6 +162,7 @@ ARCH = Arch(
     byteorder="big",
     decode=_decode,
     format=_format,
+    hex_digits=_HEX_DIGITS,
     elf_notes=_elf_notes,
     families=(
         MachineFamily(

@@ -1,6 +1,6 @@
 """x86-64: the built-in layout of the leading fields of the ``cpu`` section.
 
-QEMU: target/i386/machine.c (vmstate_x86_cpu, version 12).
+QEMU: target/i386/machine.c (vmstate_x86_cpu, version 12), hw/core/cpu-common.c (vmstate_cpu_common).
 
 Streams without a JSON description (suppress-vmdesc machines, postcopy) still
 carry CPU state.  The leading fields of the x86-64 ``cpu`` section (version 12,
@@ -84,6 +84,15 @@ X86_64_CPU_V12_PREFIX: dict[str, Any] = {
 }
 
 
+#: Leading fields of the ``cpu_common`` section (version 1, the same on every target):
+#: the halted flag the monitor prints as HLT, and the pending interrupt mask.
+CPU_COMMON_V1_PREFIX: dict[str, Any] = {
+    "vmsd_name": "cpu_common",
+    "version": 1,
+    "fields": [_f("halted", "uint32", 4), _f("interrupt_request", "uint32", 4)],
+}
+
+
 def _plausible_x86(state: Struct) -> bool:
     """Segment flags keep only descriptor bits 8..23; anything else means the layout does not fit."""
     segs = state.get("env.segs")
@@ -106,6 +115,13 @@ def decode_builtin(
     buf: memoryview, name: str, version_id: int, start: int, end: int, section: str
 ) -> Struct | None:
     """The leading fields of a known section, or None when no built-in layout fits."""
+    if name == "cpu_common" and version_id == 1:
+        try:
+            common = VmstateDecoder(section).decode_vmsd(Reader(buf, start, end), CPU_COMMON_V1_PREFIX)
+        except MigstreamError:
+            return None
+        halted = common.get("halted")
+        return common if halted is not None and halted.value in (0, 1) else None
     if name != "cpu" or version_id != 12:
         return None
     r = Reader(buf, start, end)
