@@ -86,6 +86,9 @@ class PageRun:
     channel: int = 0
 
 
+_ROW_FIELDS = 8
+
+
 class RunTable:
     """Columns of page runs in arrival order (compact: 8 bytes per column per run)."""
 
@@ -123,6 +126,24 @@ class RunTable:
         self.skip.append(skip)
         self.aux.append(aux)
         self.channel.append(channel)
+
+    def extend_rows(self, rows: bytes, channel: int = 0) -> int:
+        """Append runs given as native int64 rows (block, addr, count, kind, offset, stride, skip, aux).
+
+        Returns the number of runs appended.  Each column grows with one slice copy.
+        """
+        flat = array("q")
+        flat.frombytes(rows)
+        n = len(flat) // _ROW_FIELDS
+        if n * _ROW_FIELDS != len(flat):
+            raise ValueError("run rows are 8 int64 fields each")
+        if n:
+            columns = [self.block, self.addr, self.count, self.kind]
+            columns += [self.offset, self.stride, self.skip, self.aux]
+            for i, col in enumerate(columns):
+                col.extend(flat[i::_ROW_FIELDS])
+            self.channel.extend(array("q", [channel]) * n)
+        return n
 
     def __len__(self) -> int:
         return len(self.block)

@@ -4,15 +4,23 @@ Every RAM record starts with a be64 word: the bits below the target page
 size are flags, the rest a block-relative offset.  Consecutive records of one
 kind on consecutive pages (the common case) are recognised in bulk with a
 single ``struct`` unpack per chunk, so a run of a million pages costs a handful of Python
-steps, not a million.
+steps, not a million.  When the compiled scanner (``migstream.ram._scan``) is built, it
+walks the page records first and hands back every record it does not take (block
+list, EOS, anything malformed) to the Python code below, which stays the reference:
+``MIGSTREAM_PURE_PYTHON=1`` forces it.
+
+QEMU: migration/ram.c (ram_load_precopy)
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import struct
+from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migstream.errors import LimitError, StreamFormatError, UnsupportedError
@@ -25,6 +33,28 @@ PAGE_KINDS = RamFlag.ZERO | RamFlag.PAGE | RamFlag.XBZRLE | RamFlag.COMPRESS_PAG
 MAX_RAM_BLOCKS = 65536
 #: Largest compressed page record accepted (a page never deflates to more than this).
 MAX_COMPRESSED_PAGE = 1 << 20
+
+
+#: ``scan(buf, pos, end, page_size, sizes, by_name, current_block)`` ->
+#: ``(pos, current_block, rows, pages, zero, zero_nonzero_fill, xbzrle, compressed)``
+ScanFunction = Callable[
+    [memoryview, int, int, int, "array[int]", dict[str, int], int],
+    tuple[int, int, bytes, int, int, int, int, int],
+]
+
+
+def _load_compiled() -> ScanFunction | None:
+    if os.environ.get("MIGSTREAM_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from migstream.ram import _scan
+    except ImportError:
+        return None
+    return _scan.scan
+
+
+#: The compiled record scanner, or None (not built, or MIGSTREAM_PURE_PYTHON=1).
+compiled_scanner: ScanFunction | None = _load_compiled()
 
 _FIRST_PROBE = 8
 _MAX_PROBE = 1024
@@ -56,6 +86,8 @@ class RamState:
     counters: Counter[str] = field(default_factory=Counter)
     current_block: int | None = None
     block_list_offset: int | None = None
+    #: Block sizes by index (what the compiled scanner reads; kept in step with ``blocks``).
+    sizes: array[int] = field(default_factory=lambda: array("Q"))
 
 
 def _flag_names(flags: int) -> str:
@@ -84,6 +116,7 @@ class RamDecoder:
             # A later block list (it changed during migration): start over.
             st.blocks.clear()
             st.by_name.clear()
+            del st.sizes[:]
         st.block_list_offset = r.pos - 8
         remaining = total
         while remaining > 0:
@@ -133,6 +166,7 @@ class RamDecoder:
             block = RamBlock(len(st.blocks), name, used, entry, page_size, mr_addr, mapped)
             st.by_name[name] = block.index
             st.blocks.append(block)
+            st.sizes.append(used)
             remaining -= used
             if mapped is not None and pages_offset:
                 # The writer jumps over the region that holds this block's pages.
@@ -200,6 +234,8 @@ class RamDecoder:
         runs = st.runs
         counters = st.counters
         while True:
+            if compiled_scanner is not None:
+                self._scan_compiled(r, compiled_scanner)
             start = r.pos
             word = r.be64("a RAM record")
             flags = word & mask
@@ -298,6 +334,30 @@ class RamDecoder:
                 r.skip(n, "compressed page data")
                 runs.add(bi, addr, 1, PageKind.COMPRESS, start, 0, r.pos - n - start, n, self.channel)
                 counters["compressed"] += 1
+
+    def _scan_compiled(self, r: Reader, scanner: ScanFunction) -> None:
+        """Let the compiled scanner take the page records from ``r.pos`` on, in bulk."""
+        st = self.state
+        if len(st.sizes) != len(st.blocks):
+            st.sizes = array("Q", [b.size for b in st.blocks])
+        current = -1 if st.current_block is None else st.current_block
+        got = scanner(r.buf, r.pos, r.end, st.options.page_size, st.sizes, st.by_name, current)
+        pos, current, rows, pages, zero, zero_fill, xbzrle, compressed = got
+        if pos == r.pos:
+            return
+        r.pos = pos
+        st.current_block = current
+        st.runs.extend_rows(rows, self.channel)
+        counters = st.counters
+        for key, n in (
+            ("pages", pages),
+            ("zero", zero),
+            ("zero_nonzero_fill", zero_fill),
+            ("xbzrle", xbzrle),
+            ("compressed", compressed),
+        ):
+            if n:
+                counters[key] += n
 
     @staticmethod
     def _extend(
