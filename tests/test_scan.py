@@ -342,6 +342,28 @@ def test_scanner_direct_bounds() -> None:
         _scan.scan("text", 0, 1, PS, sizes, names, -1)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("data_every", [0, 1, 4, 64])
+def test_bulk_pattern(data_every: int) -> None:
+    """The builder's bulk records equal the record-by-record ones, and both scanners agree on them."""
+    k = max(data_every, 1)
+    page = _page(3, PS)
+    one = blocks_builder()
+    bulk = blocks_builder()
+    for b in (one, bulk):
+        b.ram_zero("pc.ram", 0)  # names the block
+    for i in range(k, 64 - 64 % k if k > 1 else 64):
+        if data_every and i % k == k - 1:
+            one.ram_page("pc.ram", i * PS, i.to_bytes(8, "big") + page[8:])
+        else:
+            one.ram_zero("pc.ram", i * PS, 5)
+    n = (64 - 64 % k if k > 1 else 64) - k
+    bulk.ram_pattern("pc.ram", k, n, data_every, page, fill=5)
+    assert bytes(bulk.buf) == bytes(one.buf)
+    bulk.ram_eos()
+    got = same(bytes(bulk.buf))
+    assert got["error"] is None and sum(got["runs"]["count"]) == n + 1
+
+
 # -- seeded truncations and corruptions -------------------------------------------------------
 
 

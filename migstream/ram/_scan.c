@@ -4,16 +4,16 @@
  * QEMU: migration/ram.c (ram_load_precopy, ram_save_page, save_zero_page)
  *
  * scan(buf, pos, end, page_size, sizes, by_name, current_block)
- *   -> (pos, current_block, rows, pages, zero, zero_nonzero_fill, xbzrle, compressed)
+ *   -> (pos, current_block, columns, pages, zero, zero_nonzero_fill, xbzrle, compressed)
  *
  * Walks PAGE, ZERO, XBZRLE and COMPRESS_PAGE records (with or without
  * CONTINUE) from ``pos`` and merges them into runs exactly as the pure Python
  * decoder does.  It stops *before* the first record it does not take (any
  * other flag, an unknown block, an offset past its block, a length over its
  * cap, a record crossing ``end``, ...) and returns that record's position; the
- * Python decoder then reads it and raises its precise error.  ``rows`` is a
- * bytes object of native int64 rows (block, addr, count, kind, offset, stride,
- * skip, aux).  Every read is bounds-checked against ``end`` (itself clamped
+ * Python decoder then reads it and raises its precise error.  ``columns`` is a
+ * bytes object of n native int64 values of each of block, addr, count, kind,
+ * offset, stride, skip, aux, column after column.  Every read is bounds-checked against ``end`` (itself clamped
  * to the buffer length).
  */
 #define PY_SSIZE_T_CLEAN
@@ -242,12 +242,17 @@ static PyObject *scan(PyObject *self, PyObject *args)
     }
 
     {
-        PyObject *data = PyBytes_FromStringAndSize((const char *)rows.data,
-                                                   (Py_ssize_t)(rows.n * ROW_FIELDS * sizeof(int64_t)));
-        if (data != NULL)
+        /* Column-major: n blocks, then n addrs, ... (what RunTable.extend_columns takes). */
+        PyObject *data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rows.n * ROW_FIELDS * sizeof(int64_t)));
+        if (data != NULL) {
+            int64_t *out = (int64_t *)PyBytes_AS_STRING(data);
+            for (size_t f = 0; f < ROW_FIELDS; f++)
+                for (size_t i = 0; i < rows.n; i++)
+                    out[f * rows.n + i] = rows.data[i * ROW_FIELDS + f];
             result = Py_BuildValue("nnNKKKKK", pos, current, data, (unsigned long long)n_pages,
                                    (unsigned long long)n_zero, (unsigned long long)n_zero_fill,
                                    (unsigned long long)n_xbzrle, (unsigned long long)n_comp);
+        }
     }
 done:
     PyMem_Free(rows.data);
@@ -256,11 +261,108 @@ done:
     return result;
 }
 
+/* page_totals(block, kind, count, nblocks) -> [(block, kind, pages), ...] or None
+ *
+ * Sums run counts per (block, kind) over run-table columns (int64 buffers), in the
+ * order each pair first appears; runs of blocks outside 0..nblocks-1 are left out.
+ * None when a kind is outside 0..7 or a sum would overflow (Python then sums). */
+#define NKINDS 8
+
+static PyObject *page_totals(PyObject *self, PyObject *args)
+{
+    Py_buffer bb, kb, cb;
+    Py_ssize_t nblocks;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*y*y*n", &bb, &kb, &cb, &nblocks))
+        return NULL;
+    PyObject *result = NULL;
+    int64_t *totals = NULL;
+    int32_t *order = NULL;
+    Py_ssize_t n = bb.len / 8;
+    if (kb.len / 8 < n)
+        n = kb.len / 8;
+    if (cb.len / 8 < n)
+        n = cb.len / 8;
+    if (nblocks < 0)
+        nblocks = 0;
+    if (nblocks > (1 << 20)) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    {
+        size_t slots = (size_t)nblocks * NKINDS + 1;
+        totals = PyMem_Calloc(slots, sizeof(int64_t));
+        order = PyMem_Calloc(slots, sizeof(int32_t));
+        if (totals == NULL || order == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        unsigned char *seen = (unsigned char *)PyMem_Calloc(slots, 1);
+        if (seen == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        size_t npairs = 0;
+        const int64_t *blk = (const int64_t *)bb.buf, *knd = (const int64_t *)kb.buf, *cnt = (const int64_t *)cb.buf;
+        int bad = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int64_t b, k, c;
+            memcpy(&b, blk + i, 8);
+            memcpy(&k, knd + i, 8);
+            memcpy(&c, cnt + i, 8);
+            if (b < 0 || b >= nblocks)
+                continue;
+            if (k < 0 || k >= NKINDS) {
+                bad = 1;
+                break;
+            }
+            size_t slot = (size_t)b * NKINDS + (size_t)k;
+            if (!seen[slot]) {
+                seen[slot] = 1;
+                order[npairs++] = (int32_t)slot;
+            }
+            if (__builtin_add_overflow(totals[slot], c, &totals[slot])) {
+                bad = 1;
+                break;
+            }
+        }
+        PyMem_Free(seen);
+        if (bad) {
+            result = Py_None;
+            Py_INCREF(result);
+            goto done;
+        }
+        result = PyList_New((Py_ssize_t)npairs);
+        if (result == NULL)
+            goto done;
+        for (size_t j = 0; j < npairs; j++) {
+            size_t slot = (size_t)order[j];
+            PyObject *t = Py_BuildValue("nnL", (Py_ssize_t)(slot / NKINDS), (Py_ssize_t)(slot % NKINDS),
+                                        (long long)totals[slot]);
+            if (t == NULL) {
+                Py_CLEAR(result);
+                goto done;
+            }
+            PyList_SET_ITEM(result, (Py_ssize_t)j, t);
+        }
+    }
+done:
+    PyMem_Free(totals);
+    PyMem_Free(order);
+    PyBuffer_Release(&bb);
+    PyBuffer_Release(&kb);
+    PyBuffer_Release(&cb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buf, pos, end, page_size, sizes, by_name, current_block) -> "
-     "(pos, current_block, rows, pages, zero, zero_nonzero_fill, xbzrle, compressed)\n\n"
+     "(pos, current_block, columns, pages, zero, zero_nonzero_fill, xbzrle, compressed)\n\n"
      "Consume RAM page records from pos; stop before the first one it does not take."},
+    {"page_totals", page_totals, METH_VARARGS,
+     "page_totals(block, kind, count, nblocks) -> [(block, kind, pages), ...] in first-seen order, or None"},
     {NULL, NULL, 0, NULL},
 };
 

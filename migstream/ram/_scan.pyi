@@ -10,3 +10,7 @@ def scan(
     current_block: int,
     /,
 ) -> tuple[int, int, bytes, int, int, int, int, int]: ...
+
+def page_totals(
+    block: array[int], kind: array[int], count: array[int], nblocks: int, /
+) -> list[tuple[int, int, int]] | None: ...

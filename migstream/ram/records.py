@@ -36,25 +36,47 @@ MAX_COMPRESSED_PAGE = 1 << 20
 
 
 #: ``scan(buf, pos, end, page_size, sizes, by_name, current_block)`` ->
-#: ``(pos, current_block, rows, pages, zero, zero_nonzero_fill, xbzrle, compressed)``
+#: ``(pos, current_block, columns, pages, zero, zero_nonzero_fill, xbzrle, compressed)``
 ScanFunction = Callable[
     [memoryview, int, int, int, "array[int]", dict[str, int], int],
     tuple[int, int, bytes, int, int, int, int, int],
 ]
 
 
-def _load_compiled() -> ScanFunction | None:
+TotalsFunction = Callable[
+    ["array[int]", "array[int]", "array[int]", int],
+    "list[tuple[int, int, int]] | None",
+]
+
+
+def _load_compiled() -> tuple[ScanFunction | None, TotalsFunction | None]:
     if os.environ.get("MIGSTREAM_PURE_PYTHON", "") not in ("", "0"):
-        return None
+        return None, None
     try:
         from migstream.ram import _scan
     except ImportError:
-        return None
-    return _scan.scan
+        return None, None
+    return _scan.scan, _scan.page_totals
 
 
-#: The compiled record scanner, or None (not built, or MIGSTREAM_PURE_PYTHON=1).
-compiled_scanner: ScanFunction | None = _load_compiled()
+#: The compiled record scanner and run summer, or None (not built, or MIGSTREAM_PURE_PYTHON=1).
+compiled_scanner, compiled_totals = _load_compiled()
+
+
+def page_totals(runs: RunTable, nblocks: int) -> list[tuple[int, int, int]]:
+    """``(block, kind, pages)`` for each block and kind in the run table, in the order of their first run.
+
+    Runs of blocks outside ``0 .. nblocks-1`` are left out.
+    """
+    if compiled_totals is not None:
+        got = compiled_totals(runs.block, runs.kind, runs.count, nblocks)
+        if got is not None:
+            return got
+    sums: dict[tuple[int, int], int] = {}
+    for b, k, c in zip(runs.block, runs.kind, runs.count):
+        if 0 <= b < nblocks:
+            sums[b, k] = sums.get((b, k), 0) + c
+    return [(b, k, c) for (b, k), c in sums.items()]
 
 _FIRST_PROBE = 8
 _MAX_PROBE = 1024
@@ -342,12 +364,12 @@ class RamDecoder:
             st.sizes = array("Q", [b.size for b in st.blocks])
         current = -1 if st.current_block is None else st.current_block
         got = scanner(r.buf, r.pos, r.end, st.options.page_size, st.sizes, st.by_name, current)
-        pos, current, rows, pages, zero, zero_fill, xbzrle, compressed = got
+        pos, current, columns, pages, zero, zero_fill, xbzrle, compressed = got
         if pos == r.pos:
             return
         r.pos = pos
         st.current_block = current
-        st.runs.extend_rows(rows, self.channel)
+        st.runs.extend_columns(columns, self.channel)
         counters = st.counters
         for key, n in (
             ("pages", pages),
