@@ -1,7 +1,8 @@
 """Build the optional compiled RAM record scanner; everything else is declared in pyproject.toml.
 
 Without a C compiler the install still succeeds (``optional=True``) and the pure
-Python scanner is used.
+Python scanner is used.  An editable install builds the module in place: run
+``pip install -e .`` again after changing ``migstream/ram/_scan.c``.
 """
 
 from setuptools import Extension, setup
@@ -11,7 +12,6 @@ setup(
         Extension(
             "migstream.ram._scan",
             ["migstream/ram/_scan.c"],
-            extra_compile_args=["-O2"],
             optional=True,
         )
     ]
