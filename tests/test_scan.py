@@ -385,6 +385,30 @@ def test_page_totals_compiled_and_pure() -> None:
     assert _scan.page_totals(array("q", [0]), array("q", [9]), array("q", [1]), 1) is None
 
 
+@pytest.mark.slow
+def test_more_runs_than_one_call_returns() -> None:
+    """Over 2^20 runs in one section (zero pages whose fill alternates): several calls, same table."""
+    import numpy as np
+
+    n = (1 << 20) + 4097
+    b = StreamBuilder(page_size=PS)
+    b.ram_mem_size([RamBlock("pc.ram", n * PS)])
+    first = b.ram_zero("pc.ram", 0)
+    recs = np.zeros((n - 1, 9), dtype=np.uint8)
+    flags = np.uint64(RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE)
+    words = (np.arange(1, n, dtype=np.uint64) * np.uint64(PS)) | flags
+    recs[:, :8] = words.astype(">u8").view(np.uint8).reshape(-1, 8)
+    recs[:, 8] = np.arange(1, n) % 2
+    b.raw(recs.tobytes())
+    b.ram_eos()
+    payload = bytes(b.buf)
+    got = same(payload)
+    assert got["error"] is None and len(got["runs"]["count"]) == n
+    one = _scan.scan(payload, first, len(payload), PS, array("Q", [n * PS]), {"pc.ram": 0}, -1)
+    assert len(one[2]) // 64 == 1 << 20 and one[0] < len(payload) - 8  # one call stops at its cap
+    assert got["counters"] == {"zero": n, "zero_nonzero_fill": n // 2, "eos": 1}
+
+
 # -- seeded truncations and corruptions -------------------------------------------------------
 
 

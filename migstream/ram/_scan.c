@@ -11,7 +11,8 @@
  * decoder does.  It stops *before* the first record it does not take (any
  * other flag, an unknown block, an offset past its block, a length over its
  * cap, a record crossing ``end``, ...) and returns that record's position; the
- * Python decoder then reads it and raises its precise error.  ``columns`` is a
+ * Python decoder then reads it and raises its precise error.  It also stops after
+ * MAX_RUNS_PER_CALL runs, so what one call holds stays bounded.  ``columns`` is a
  * bytes object of n native int64 values of each of block, addr, count, kind,
  * offset, stride, skip, aux, column after column.  Every read is bounds-checked against ``end`` (itself clamped
  * to the buffer length).
@@ -37,6 +38,8 @@
 enum { KIND_PAGE = 1, KIND_ZERO = 2, KIND_XBZRLE = 3, KIND_COMPRESS = 4 };
 
 #define ROW_FIELDS 8
+/* Runs returned by one call at most (64 MiB of rows): the caller calls again. */
+#define MAX_RUNS_PER_CALL ((size_t)1 << 20)
 
 typedef struct {
     int64_t *data;
@@ -138,7 +141,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
     const unsigned char *last_name = NULL;
     Py_ssize_t last_len = -1, last_index = -1;
 
-    while (usable && pos < end) {
+    while (usable && pos < end && rows.n < MAX_RUNS_PER_CALL) {
         const Py_ssize_t start = pos;
         if (end - start < 8)
             break;

@@ -87,6 +87,8 @@ class PageRun:
 
 
 _ROW_FIELDS = 8
+#: Bulk runs held back at most (64 bytes each) before they join the columns.
+_MAX_PENDING_RUNS = 1 << 20
 
 
 class RunTable:
@@ -98,7 +100,8 @@ class RunTable:
     """
 
     __slots__ = (
-        "_block", "_addr", "_count", "_kind", "_offset", "_stride", "_skip", "_aux", "_channel", "_pending"
+        "_block", "_addr", "_count", "_kind", "_offset", "_stride", "_skip", "_aux", "_channel",
+        "_pending", "_pending_runs",
     )
 
     def __init__(self) -> None:
@@ -113,9 +116,11 @@ class RunTable:
         self._channel = array("q")
         #: Bulk runs not yet in the columns: (8 columns of n int64 values, n, channel).
         self._pending: list[tuple[bytes, int, int]] = []
+        self._pending_runs = 0
 
     def _merge(self) -> None:
         pending, self._pending = self._pending, []
+        self._pending_runs = 0
         columns = [self._block, self._addr, self._count, self._kind]
         columns += [self._offset, self._stride, self._skip, self._aux]
         for i, col in enumerate(columns):
@@ -215,6 +220,9 @@ class RunTable:
             raise ValueError("bulk runs are 8 columns of int64 values")
         if n:
             self._pending.append((bytes(data), n, channel))
+            self._pending_runs += n
+            if self._pending_runs >= _MAX_PENDING_RUNS:
+                self._merge()
         return n
 
     def __len__(self) -> int:

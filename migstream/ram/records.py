@@ -362,24 +362,25 @@ class RamDecoder:
         st = self.state
         if len(st.sizes) != len(st.blocks):
             st.sizes = array("Q", [b.size for b in st.blocks])
-        current = -1 if st.current_block is None else st.current_block
-        got = scanner(r.buf, r.pos, r.end, st.options.page_size, st.sizes, st.by_name, current)
-        pos, current, columns, pages, zero, zero_fill, xbzrle, compressed = got
-        if pos == r.pos:
-            return
-        r.pos = pos
-        st.current_block = current
-        st.runs.extend_columns(columns, self.channel)
         counters = st.counters
-        for key, n in (
-            ("pages", pages),
-            ("zero", zero),
-            ("zero_nonzero_fill", zero_fill),
-            ("xbzrle", xbzrle),
-            ("compressed", compressed),
-        ):
-            if n:
-                counters[key] += n
+        while True:  # one call returns at most a bounded number of runs
+            current = -1 if st.current_block is None else st.current_block
+            got = scanner(r.buf, r.pos, r.end, st.options.page_size, st.sizes, st.by_name, current)
+            pos, current, columns, pages, zero, zero_fill, xbzrle, compressed = got
+            if pos == r.pos:
+                return
+            r.pos = pos
+            st.current_block = current
+            st.runs.extend_columns(columns, self.channel)
+            for key, n in (
+                ("pages", pages),
+                ("zero", zero),
+                ("zero_nonzero_fill", zero_fill),
+                ("xbzrle", xbzrle),
+                ("compressed", compressed),
+            ):
+                if n:
+                    counters[key] += n
 
     @staticmethod
     def _extend(
