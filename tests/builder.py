@@ -417,6 +417,57 @@ CONFIGURATION_DESC: JsonObj = {
 }
 
 
+def ram_pattern_chunks(
+    page_size: int,
+    first_page: int,
+    npages: int,
+    data_every: int,
+    page: bytes,
+    fill: int = 0,
+    chunk_pages: int = 1 << 16,
+) -> Iterable[bytes]:
+    """CONTINUE records for pages ``first_page ..`` of the current block, in large chunks.
+
+    ``data_every`` k >= 1: in each group of k pages the last one is a PAGE record
+    (``page`` with its page number stamped in its first 8 bytes), the others ZERO
+    records with ``fill``; k = 0: ZERO records only.  Vectorised (numpy), for
+    streams of millions of records.  ``first_page`` and ``npages`` are multiples of k.
+    """
+    import numpy as np
+
+    k = max(data_every, 1)
+    if first_page % k or npages % k or len(page) != page_size:
+        raise ValueError("the pattern covers whole groups of k pages, and pages have page_size bytes")
+    zeros = k - 1 if data_every else 1  # ZERO records per group
+    datas = 1 if data_every else 0
+    group = zeros * 9 + datas * (8 + page_size)
+    per_chunk = max(chunk_pages // k, 1)
+    groups_total = npages // k
+    pattern = np.frombuffer(page, dtype=np.uint8)
+    done = 0
+    while done < groups_total:
+        n = min(per_chunk, groups_total - done)
+        arr = np.empty((n, group), dtype=np.uint8)
+        first = first_page + done * k
+        base = (np.arange(n, dtype=np.uint64) * np.uint64(k) + np.uint64(first)) * np.uint64(page_size)
+        cont = np.uint64(RAM_SAVE_FLAG_CONTINUE)
+        for j in range(zeros):
+            words = (base + np.uint64(j * page_size)) | np.uint64(RAM_SAVE_FLAG_ZERO) | cont
+            arr[:, j * 9 : j * 9 + 8] = words.astype(">u8").view(np.uint8).reshape(n, 8)
+            arr[:, j * 9 + 8] = fill
+        if datas:
+            at = zeros * 9
+            addr = base + np.uint64((k - 1) * page_size)
+            words = addr | np.uint64(RAM_SAVE_FLAG_PAGE) | cont
+            arr[:, at : at + 8] = words.astype(">u8").view(np.uint8).reshape(n, 8)
+            arr[:, at + 8 :] = pattern
+            if page_size >= 8:
+                stamp = (addr // np.uint64(page_size)).astype(">u8").view(np.uint8).reshape(n, 8)
+                arr[:, at + 8 : at + 16] = stamp
+        yield arr.tobytes()
+        done += n
+
+
 # ---------------------------------------------------------------------------
 # the builder
 
@@ -864,6 +915,21 @@ class StreamBuilder:
         head = self._ram_page_head(RAM_SAVE_FLAG_COMPRESS_PAGE, block, offset, cont)
         off = self._put(head + be32(len(comp)) + comp)
         self._remember(block, offset, data)
+        return off
+
+    def ram_pattern(
+        self, block: str, first_page: int, npages: int, data_every: int, page: bytes, fill: int = 0
+    ) -> int:
+        """Bulk ZERO/PAGE records continuing ``block`` (see :func:`ram_pattern_chunks`).
+
+        The block must be the one the previous record named; the pages are not
+        remembered in :attr:`memory` (these are the big streams of the benchmark).
+        """
+        if self._last_block != block:
+            raise ValueError("ram_pattern continues the block of the previous record")
+        off = len(self.buf)
+        for chunk in ram_pattern_chunks(self.page_size, first_page, npages, data_every, page, fill):
+            self._put(chunk)
         return off
 
     def ram_multifd_flush(self) -> int:

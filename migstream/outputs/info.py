@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from migstream.ram.model import PageKind
+from migstream.ram.records import page_totals
 
 if TYPE_CHECKING:
     from migstream.api import Stream
@@ -91,12 +92,9 @@ def _version_range(hints: list[dict[str, Any]]) -> dict[str, str]:
 def _page_counts(stream: Stream) -> dict[str, dict[str, int]]:
     ram = stream.parsed.ram
     counts: dict[str, Counter[str]] = {b.name: Counter() for b in ram.blocks}
-    runs = ram.runs
     names = [b.name for b in ram.blocks]
-    for i in range(len(runs)):
-        bi = runs.block[i]
-        if bi < len(names):
-            counts[names[bi]][PageKind(runs.kind[i]).name.lower()] += runs.count[i]
+    for bi, kind, pages in page_totals(ram.runs, len(names)):
+        counts[names[bi]][PageKind(kind).name.lower()] += pages
     return {k: dict(v) for k, v in counts.items()}
 
 

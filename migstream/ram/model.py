@@ -86,21 +86,104 @@ class PageRun:
     channel: int = 0
 
 
-class RunTable:
-    """Columns of page runs in arrival order (compact: 8 bytes per column per run)."""
+_ROW_FIELDS = 8
+#: Bulk runs held back at most (64 bytes each) before they join the columns.
+_MAX_PENDING_RUNS = 1 << 20
 
-    __slots__ = ("block", "addr", "count", "kind", "offset", "stride", "skip", "aux", "channel")
+
+class RunTable:
+    """Columns of page runs in arrival order (compact: 8 bytes per column per run).
+
+    Columns are ``array('q')`` attributes.  Runs appended in bulk (:meth:`extend_columns`)
+    wait as blocks and join the columns in one pass when a column is next read, so
+    many small bulk appends cost one copy, not one column resize each.
+    """
+
+    __slots__ = (
+        "_block", "_addr", "_count", "_kind", "_offset", "_stride", "_skip", "_aux", "_channel",
+        "_pending", "_pending_runs",
+    )
 
     def __init__(self) -> None:
-        self.block = array("q")
-        self.addr = array("q")
-        self.count = array("q")
-        self.kind = array("q")
-        self.offset = array("q")
-        self.stride = array("q")
-        self.skip = array("q")
-        self.aux = array("q")
-        self.channel = array("q")
+        self._block = array("q")
+        self._addr = array("q")
+        self._count = array("q")
+        self._kind = array("q")
+        self._offset = array("q")
+        self._stride = array("q")
+        self._skip = array("q")
+        self._aux = array("q")
+        self._channel = array("q")
+        #: Bulk runs not yet in the columns: (8 columns of n int64 values, n, channel).
+        self._pending: list[tuple[bytes, int, int]] = []
+        self._pending_runs = 0
+
+    def _merge(self) -> None:
+        pending, self._pending = self._pending, []
+        self._pending_runs = 0
+        columns = [self._block, self._addr, self._count, self._kind]
+        columns += [self._offset, self._stride, self._skip, self._aux]
+        for i, col in enumerate(columns):
+            parts = [memoryview(data)[i * n * 8 : (i + 1) * n * 8] for data, n, _ in pending]
+            col.frombytes(parts[0] if len(parts) == 1 else b"".join(parts))
+        channels = array("q")
+        for _, n, channel in pending:
+            channels.extend(array("q", [channel]) * n)
+        self._channel.extend(channels)
+
+    @property
+    def block(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._block
+
+    @property
+    def addr(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._addr
+
+    @property
+    def count(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._count
+
+    @property
+    def kind(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._kind
+
+    @property
+    def offset(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._offset
+
+    @property
+    def stride(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._stride
+
+    @property
+    def skip(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._skip
+
+    @property
+    def aux(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._aux
+
+    @property
+    def channel(self) -> array[int]:
+        if self._pending:
+            self._merge()
+        return self._channel
 
     def add(
         self,
@@ -114,15 +197,33 @@ class RunTable:
         aux: int,
         channel: int = 0,
     ) -> None:
-        self.block.append(block)
-        self.addr.append(addr)
-        self.count.append(count)
-        self.kind.append(kind)
-        self.offset.append(offset)
-        self.stride.append(stride)
-        self.skip.append(skip)
-        self.aux.append(aux)
-        self.channel.append(channel)
+        if self._pending:
+            self._merge()
+        self._block.append(block)
+        self._addr.append(addr)
+        self._count.append(count)
+        self._kind.append(kind)
+        self._offset.append(offset)
+        self._stride.append(stride)
+        self._skip.append(skip)
+        self._aux.append(aux)
+        self._channel.append(channel)
+
+    def extend_columns(self, data: bytes, channel: int = 0) -> int:
+        """Append runs given column by column: ``data`` holds n native int64 values of each of
+        block, addr, count, kind, offset, stride, skip, aux, in that order.
+
+        Returns n, the number of runs appended.
+        """
+        n, rest = divmod(len(data), 8 * _ROW_FIELDS)
+        if rest:
+            raise ValueError("bulk runs are 8 columns of int64 values")
+        if n:
+            self._pending.append((bytes(data), n, channel))
+            self._pending_runs += n
+            if self._pending_runs >= _MAX_PENDING_RUNS:
+                self._merge()
+        return n
 
     def __len__(self) -> int:
         return len(self.block)

@@ -4,15 +4,23 @@ Every RAM record starts with a be64 word: the bits below the target page
 size are flags, the rest a block-relative offset.  Consecutive records of one
 kind on consecutive pages (the common case) are recognised in bulk with a
 single ``struct`` unpack per chunk, so a run of a million pages costs a handful of Python
-steps, not a million.
+steps, not a million.  When the compiled scanner (``migstream.ram._scan``) is built, it
+walks the page records first and hands back every record it does not take (block
+list, EOS, anything malformed) to the Python code below, which stays the reference:
+``MIGSTREAM_PURE_PYTHON=1`` forces it.
+
+QEMU: migration/ram.c (ram_load_precopy)
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import re
 import struct
+from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from migstream.errors import LimitError, StreamFormatError, UnsupportedError
@@ -25,6 +33,50 @@ PAGE_KINDS = RamFlag.ZERO | RamFlag.PAGE | RamFlag.XBZRLE | RamFlag.COMPRESS_PAG
 MAX_RAM_BLOCKS = 65536
 #: Largest compressed page record accepted (a page never deflates to more than this).
 MAX_COMPRESSED_PAGE = 1 << 20
+
+
+#: ``scan(buf, pos, end, page_size, sizes, by_name, current_block)`` ->
+#: ``(pos, current_block, columns, pages, zero, zero_nonzero_fill, xbzrle, compressed)``
+ScanFunction = Callable[
+    [memoryview, int, int, int, "array[int]", dict[str, int], int],
+    tuple[int, int, bytes, int, int, int, int, int],
+]
+
+
+TotalsFunction = Callable[
+    ["array[int]", "array[int]", "array[int]", int],
+    "list[tuple[int, int, int]] | None",
+]
+
+
+def _load_compiled() -> tuple[ScanFunction | None, TotalsFunction | None]:
+    if os.environ.get("MIGSTREAM_PURE_PYTHON", "") not in ("", "0"):
+        return None, None
+    try:
+        from migstream.ram import _scan
+    except ImportError:
+        return None, None
+    return _scan.scan, _scan.page_totals
+
+
+#: The compiled record scanner and run summer, or None (not built, or MIGSTREAM_PURE_PYTHON=1).
+compiled_scanner, compiled_totals = _load_compiled()
+
+
+def page_totals(runs: RunTable, nblocks: int) -> list[tuple[int, int, int]]:
+    """``(block, kind, pages)`` for each block and kind in the run table, in the order of their first run.
+
+    Runs of blocks outside ``0 .. nblocks-1`` are left out.
+    """
+    if compiled_totals is not None:
+        got = compiled_totals(runs.block, runs.kind, runs.count, nblocks)
+        if got is not None:
+            return got
+    sums: dict[tuple[int, int], int] = {}
+    for b, k, c in zip(runs.block, runs.kind, runs.count):
+        if 0 <= b < nblocks:
+            sums[b, k] = sums.get((b, k), 0) + c
+    return [(b, k, c) for (b, k), c in sums.items()]
 
 _FIRST_PROBE = 8
 _MAX_PROBE = 1024
@@ -58,6 +110,8 @@ class RamState:
     counters: Counter[str] = field(default_factory=Counter)
     current_block: int | None = None
     block_list_offset: int | None = None
+    #: Block sizes by index (what the compiled scanner reads; kept in step with ``blocks``).
+    sizes: array[int] = field(default_factory=lambda: array("Q"))
 
 
 def _flag_names(flags: int) -> str:
@@ -86,6 +140,7 @@ class RamDecoder:
             # A later block list (it changed during migration): start over.
             st.blocks.clear()
             st.by_name.clear()
+            del st.sizes[:]
         st.block_list_offset = r.pos - 8
         remaining = total
         while remaining > 0:
@@ -144,6 +199,7 @@ class RamDecoder:
             block = RamBlock(len(st.blocks), name, used, entry, page_size, mr_addr, mapped)
             st.by_name[name] = block.index
             st.blocks.append(block)
+            st.sizes.append(used)
             remaining -= used
             if mapped is not None and pages_offset:
                 # The writer jumps over the region that holds this block's pages.
@@ -216,6 +272,8 @@ class RamDecoder:
         runs = st.runs
         counters = st.counters
         while True:
+            if compiled_scanner is not None:
+                self._scan_compiled(r, compiled_scanner)
             start = r.pos
             word = r.be64("a RAM record")
             flags = word & mask
@@ -314,6 +372,31 @@ class RamDecoder:
                 r.skip(n, "compressed page data")
                 runs.add(bi, addr, 1, PageKind.COMPRESS, start, 0, r.pos - n - start, n, self.channel)
                 counters["compressed"] += 1
+
+    def _scan_compiled(self, r: Reader, scanner: ScanFunction) -> None:
+        """Let the compiled scanner take the page records from ``r.pos`` on, in bulk."""
+        st = self.state
+        if len(st.sizes) != len(st.blocks):
+            st.sizes = array("Q", [b.size for b in st.blocks])
+        counters = st.counters
+        while True:  # one call returns at most a bounded number of runs
+            current = -1 if st.current_block is None else st.current_block
+            got = scanner(r.buf, r.pos, r.end, st.options.page_size, st.sizes, st.by_name, current)
+            pos, current, columns, pages, zero, zero_fill, xbzrle, compressed = got
+            if pos == r.pos:
+                return
+            r.pos = pos
+            st.current_block = current
+            st.runs.extend_columns(columns, self.channel)
+            for key, n in (
+                ("pages", pages),
+                ("zero", zero),
+                ("zero_nonzero_fill", zero_fill),
+                ("xbzrle", xbzrle),
+                ("compressed", compressed),
+            ):
+                if n:
+                    counters[key] += n
 
     @staticmethod
     def _extend(
