@@ -22,6 +22,7 @@ What a dump cannot show is listed in :data:`LIMITS` and printed with every answe
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -91,11 +92,15 @@ class CheckResult:
 
 
 class _Checker:
-    def __init__(self, section: str, instance: int, offset: int | None) -> None:
+    def __init__(
+        self, section: str, instance: int, offset: int | None, optional_subsections: bool = False
+    ) -> None:
+        self.optional_subsections = optional_subsections  # a writer may or may not send them
         self.section = section
         self.instance = instance
         self.offset = offset
         self.findings: list[Finding] = []
+        self.rest: int | None = None  # bytes of a source 'unused' entry not read yet
 
     @property
     def errors(self) -> int:
@@ -157,9 +162,8 @@ class _Checker:
                     self.one(entry, t, fpath)
                 i += n
                 passed = []
-            elif i < len(src) and not any(_run(src, i, m) for m in later[k + 1 :]) and _compatible(src[i], t):
-                self.one(src[i], t, fpath)  # the same layout under another name
-                i += 1
+            elif (moved := self.renamed(src, i, t, later[k + 1 :], fpath)) is not None:
+                i = moved
             elif isinstance(t.get("Description"), Mapping) or not _int(t.get("size")):
                 self.add(
                     "warning",
@@ -178,11 +182,52 @@ class _Checker:
         if i < len(src):
             self.unread(src[i:], passed, f"{path}.{_base(src[i])}", "at the end")
 
+    def renamed(
+        self, src: Sequence[JsonObj], i: int, t: JsonObj, later: Sequence[str], path: str
+    ) -> int | None:
+        """Where the source resumes when ``t`` reads what it wrote under another name, else None.
+
+        One field of the same size; or ``unused`` padding that stands for several fields
+        (or the other way round: fields that stand for what was padding)."""
+
+        def free(j: int) -> bool:
+            return j < len(src) and not any(_run(src, j, m) for m in later)
+
+        if not free(i):
+            return None
+        tsize = _int(t.get("size")) or 0
+        plain = not isinstance(t.get("Description"), Mapping) and tsize > 0
+        if plain and t.get("field") == "unused" and self.rest is None:
+            j, total = i, 0
+            while free(j) and not isinstance(src[j].get("struct"), Mapping) and total < tsize:
+                total += _total(src[j])
+                j += 1
+            if total == tsize:
+                return j
+        whole = bool(later) and self.rest is None and _run(src, i + 1, later[0]) > 0
+        if (
+            plain
+            and _base(src[i]) == "unused"
+            and not whole
+            and (self.rest is not None or _total(src[i]) > tsize)
+        ):
+            left = (_total(src[i]) if self.rest is None else self.rest) - tsize
+            if left < 0:
+                return None
+            self.rest = left or None
+            return i if left else i + 1
+        if self.rest is None and _compatible(src[i], t):
+            self.one(src[i], t, path)
+            return i + 1
+        return None
+
     def unread(self, entries: Sequence[JsonObj], passed: Sequence[int], path: str, where: str) -> None:
         """Source fields no target field of that name reads: fine only if guarded target fields
         skipped there can read exactly as many bytes (the same data under other names)."""
         size = sum(_total(s) for s in entries)
-        if any(isinstance(s.get("struct"), Mapping) for s in entries) or not _subset_sum(passed, size):
+        if all(s.get("optional") for s in entries):
+            self.add("warning", path, _skipped(entries, where) + "; the writer sends them only when needed")
+        elif any(isinstance(s.get("struct"), Mapping) for s in entries) or not _subset_sum(passed, size):
             self.add("error", path, _skipped(entries, where))
         else:
             maybe = "; guarded target fields of the same size may read them"
@@ -217,10 +262,19 @@ class _Checker:
             spath = f"{path}/{name}"
             tdesc = known.get(name)
             if tdesc is None:
-                self.add("error", spath, f"the target has no subsection '{name}'")
+                if self.optional_subsections:
+                    self.add("warning", spath, f"the reader has no subsection '{name}' (fails if it is sent)")
+                else:
+                    self.add("error", spath, f"the target has no subsection '{name}'")
                 continue
             version = _int(sub.get("version")) or 0
-            if self.versions(f"subsection '{name}'", spath, version, tdesc):
+            before = len(self.findings)
+            ok = self.versions(f"subsection '{name}'", spath, version, tdesc)
+            if self.optional_subsections:
+                self.findings[before:] = [
+                    dataclasses.replace(f, severity="warning") for f in self.findings[before:]
+                ]
+            if ok:
                 self.fields(_list(sub.get("fields")), tdesc, version, spath)
                 self.subsections(sub, tdesc, spath)
 
@@ -334,14 +388,10 @@ def _target_names(desc: JsonObj) -> list[tuple[str, JsonObj]]:
 
 
 def _run(src: Sequence[JsonObj], i: int, name: str) -> int:
-    """How many entries from ``src[i]`` on are ``name`` or its elements ``name[j]``."""
+    """How many entries from ``src[i]`` on are ``name`` (elements of a struct array repeat it)."""
     n = 0
-    while i + n < len(src):
-        got = str(src[i + n].get("name", ""))
-        if got == name or (got.startswith(name + "[") and _INDEX.sub("", got[len(name) :]) == ""):
-            n += 1
-        else:
-            break
+    while i + n < len(src) and str(src[i + n].get("name", "")) == name:
+        n += 1
     return n
 
 
@@ -365,6 +415,8 @@ def _compatible(s: JsonObj, t: JsonObj) -> bool:
     if tsize in (_int(s.get("size")), total):
         return True
     unused = "unused" in (_base(s), t.get("field"))
+    if s.get("elements_unknown") and unused and tsize and total:
+        return tsize % total == 0 or total % tsize == 0  # a dump does not say how many elements
     return unused and tsize > 0 and total % tsize == 0
 
 
