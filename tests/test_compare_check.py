@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import CORPUS
 
 from migstream.compare.check import CheckResult, check_file
 from migstream.compare.dump import VmstateDump, load_dump
-
-from conftest import CORPUS
 
 LOADS = CORPUS / "loads"
 needs_loads = pytest.mark.skipif(not (LOADS / "matrix.json").is_file(), reason=f"no load matrix at {LOADS}")
@@ -139,7 +138,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_check_json_and_exit_codes(tmp_path: Path) -> None:
     stream = LOADS / "streams" / "7.2__pc-i440fx-5.2__am53c974.mig.xz"
-    fails = _cli("check", str(stream), "--against", str(LOADS / "vmstate-dump/5.2/pc-i440fx-5.2.json.xz"), "--json")
+    fails = _cli(
+        "check", str(stream), "--against", str(LOADS / "vmstate-dump/5.2/pc-i440fx-5.2.json.xz"), "--json"
+    )
     assert fails.returncode == 1, fails.stderr
     doc = json.loads(fails.stdout)
     assert doc["verdict"] == "fails"
