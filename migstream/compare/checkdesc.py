@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from migstream.compare.check import Finding, _Checker, _int, _list, _target_names
+from migstream.compare.align import FieldAligner, Finding, as_int, as_list, reader_names
 from migstream.compare.dump import JsonObj, VmstateDump
 
 
@@ -48,22 +48,22 @@ class DescDiff:
 def as_written(desc: JsonObj, version: int | None = None) -> dict[str, Any]:
     """A dump description seen as a writer at ``version`` (default: its own), in the shape of
     a stream's VM description entry (``fields`` with ``name``/``size``/``struct``, ``subsections``)."""
-    ver = _int(desc.get("version_id")) or 0 if version is None else version
+    ver = as_int(desc.get("version_id")) or 0 if version is None else version
     fields: list[dict[str, Any]] = []
-    for name, f in _target_names(desc):
-        if (_int(f.get("version_id")) or 0) > ver:
+    for name, f in reader_names(desc):
+        if (as_int(f.get("version_id")) or 0) > ver:
             continue
         inner = f.get("Description")
         entry: dict[str, Any] = {
             "name": name,
-            "size": _int(f.get("size")) or 0,
+            "size": as_int(f.get("size")) or 0,
             "optional": bool(f.get("field_exists")),
             "elements_unknown": True,
         }
         if isinstance(inner, Mapping):
             entry["struct"] = as_written(inner)
         fields.append(entry)
-    subs = [as_written(s) | {"vmsd_name": s.get("name")} for s in _list(desc.get("Subsections"))]
+    subs = [as_written(s) | {"vmsd_name": s.get("name")} for s in as_list(desc.get("Subsections"))]
     return {"vmsd_name": desc.get("name"), "version": ver, "fields": fields, "subsections": subs}
 
 
@@ -73,13 +73,13 @@ def _summary(old: JsonObj, new: JsonObj) -> dict[str, Any]:
     for key in ("version_id", "minimum_version_id"):
         if old.get(key) != new.get(key):
             out[key] = [old.get(key), new.get(key)]
-    fo = [n for n, _f in _target_names(old)]
-    fn = [n for n, _f in _target_names(new)]
+    fo = [n for n, _f in reader_names(old)]
+    fn = [n for n, _f in reader_names(new)]
     if fo != fn:
         out["fields_removed"] = [n for n in fo if n not in fn]
         out["fields_added"] = [n for n in fn if n not in fo]
-    so = {str(s.get("name")) for s in _list(old.get("Subsections")) if isinstance(s, Mapping)}
-    sn = {str(s.get("name")) for s in _list(new.get("Subsections")) if isinstance(s, Mapping)}
+    so = {str(s.get("name")) for s in as_list(old.get("Subsections")) if isinstance(s, Mapping)}
+    sn = {str(s.get("name")) for s in as_list(new.get("Subsections")) if isinstance(s, Mapping)}
     if so != sn:
         out["subsections_removed"] = sorted(so - sn)
         out["subsections_added"] = sorted(sn - so)
@@ -127,15 +127,15 @@ def check_desc(old: VmstateDump, new: VmstateDump) -> DescDiff:
         )
     for name, od, nd in _pairs(old, new):
         summary = _summary(od, nd)
-        checker = _Checker(name, 0, None, optional_subsections=True)
-        over = _int(od.get("version_id")) or 0
+        checker = FieldAligner(name, 0, None, optional_subsections=True)
+        over = as_int(od.get("version_id")) or 0
         # OLD -> NEW: NEW reads what OLD writes at OLD's version.
         if checker.versions("old -> new: section", None, over, nd):
             written = as_written(od)
             checker.fields(written["fields"], nd, over, name)
-            checker.subsections(written | {"subsections": _list(written["subsections"])}, nd, name)
+            checker.subsections(written | {"subsections": as_list(written["subsections"])}, nd, name)
         # NEW -> OLD: OLD refuses NEW's version when it is higher.
-        nver = _int(nd.get("version_id")) or 0
+        nver = as_int(nd.get("version_id")) or 0
         if nver > over:
             checker.add("warning", None, f"new -> old: NEW writes version {nver}, OLD accepts up to {over}")
         if summary or checker.findings:
