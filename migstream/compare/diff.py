@@ -3,8 +3,9 @@
 Device sections are matched by idstr and instance id; their decoded trees are walked
 (``DeviceState.walk()``) and paired by path, so an array element or a subsection is
 compared with the element or subsection of the same name and index on the other side,
-never shifted.  RAM blocks are matched by name and compared in large chunks (numpy,
-one comparison per page row), hashed over the same chunks.
+never shifted.  RAM blocks are matched by name and compared in large chunks: each chunk's
+pages are gathered with numpy from where the stream's page map puts them, compared one page
+row at a time by numpy, and hashed (sha256) over the same chunks.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ import fnmatch
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from migstream.errors import UnsupportedError
+from migstream.ram.pagemap import CHANNEL_SHIFT
 from migstream.vmstate.values import Leaf, leaf_value
 
 if TYPE_CHECKING:
@@ -216,20 +220,34 @@ def _ram(a: Stream, b: Stream) -> Iterator[RamDiff]:
 def _compare_block(
     a: Stream | None, b: Stream | None, name: str, sa: int | None, sb: int | None, ps: int
 ) -> RamDiff:
-    """One block, chunk by chunk; a side that lacks the block (or ends early) reads as zeros."""
-    ra = a.block(name) if a is not None else None
-    rb = b.block(name) if b is not None else None
+    """One block, chunk by chunk; a side that lacks the block (or ends early) reads as zeros.
+
+    Pages that are zero on both sides (never sent or sent as zero) are not compared; the two
+    digests are computed in two threads (``hashlib`` releases the GIL on large updates)."""
+    ra = _BlockChunks(a, name, ps) if a is not None else None
+    rb = _BlockChunks(b, name, ps) if b is not None else None
     ha, hb = hashlib.sha256(), hashlib.sha256()
     size = max(sa or 0, sb or 0)
     size = -(-size // ps) * ps
     flags: list[np.ndarray[Any, np.dtype[np.bool_]]] = []
-    for pos in range(0, size, CHUNK):
-        n = min(CHUNK, size - pos)
-        ca = _chunk(ra, sa, pos, n, ha)
-        cb = _chunk(rb, sb, pos, n, hb)
-        pa = np.frombuffer(ca, dtype=np.uint8).reshape(-1, ps)
-        pb = np.frombuffer(cb, dtype=np.uint8).reshape(-1, ps)
-        flags.append((pa != pb).any(axis=1))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for pos in range(0, size, CHUNK):
+            n = min(CHUNK, size - pos)
+            ca, za = _chunk(ra, sa, pos, n, ps)
+            cb, zb = _chunk(rb, sb, pos, n, ps)
+            hashing = [
+                pool.submit(h.update, memoryview(c[: max(0, min(n, s - pos))]))  # type: ignore[arg-type]
+                for h, c, s, r in ((ha, ca, sa, ra), (hb, cb, sb, rb))
+                if r is not None and s is not None
+            ]
+            differ = np.zeros(n // ps, dtype=np.bool_)
+            rows = np.flatnonzero(~(za & zb))
+            if len(rows):
+                pa, pb = ca.reshape(-1, ps), cb.reshape(-1, ps)
+                differ[rows] = (pa[rows] != pb[rows]).any(axis=1)
+            flags.append(differ)
+            for job in hashing:
+                job.result()
     differ = np.concatenate(flags) if flags else np.zeros(0, dtype=np.bool_)
     return RamDiff(
         name,
@@ -242,13 +260,79 @@ def _compare_block(
     )
 
 
-def _chunk(reader: Any, size: int | None, pos: int, n: int, h: Any) -> bytes:
-    """``n`` bytes at ``pos``, zero-padded past the block's end; hashes the block's own bytes."""
+_Bytes = np.ndarray[Any, np.dtype[np.uint8]]
+_Flags = np.ndarray[Any, np.dtype[np.bool_]]
+
+
+class _BlockChunks:
+    """Reads a RAM block in large chunks, gathering its pages with numpy from where the stream's
+    page map says each page is (no Python work per page, except re-encoded pages: XBZRLE,
+    compressed, filled)."""
+
+    def __init__(self, stream: Stream, name: str, page_size: int) -> None:
+        stream.block(name)  # checks the name
+        pm = stream.pagemap()
+        if pm.page_size != page_size:
+            raise UnsupportedError(
+                "the two streams have different page sizes", expected=page_size, found=pm.page_size
+            )
+        self.pm = pm
+        self.ps = page_size
+        self.map = pm.maps[next(b.index for b in stream.ram_blocks if b.name == name)]
+        self.windows: dict[int, _Bytes] = {}
+
+    def _rows(self, channel: int) -> _Bytes:
+        """Every ``page_size`` window of a channel's bytes (a view: nothing is copied)."""
+        if channel not in self.windows:
+            buf = np.frombuffer(self.pm.channel_buffer(channel), dtype=np.uint8)
+            self.windows[channel] = np.lib.stride_tricks.sliding_window_view(buf, self.ps)
+        return self.windows[channel]
+
+    def read(self, pos: int, n: int) -> tuple[_Bytes, _Flags]:
+        """``n`` bytes (whole pages) at block offset ``pos`` as a flat array, and which pages are zero."""
+        ps = self.ps
+        first, count = pos // ps, n // ps
+        m = self.map[first : first + count]
+        zero = np.ones(count, dtype=np.bool_)
+        zero[: len(m)] = (m < 0) & (m > -3)  # never sent, or sent as zero
+        if zero.all():
+            return _zeros(n), zero
+        out = np.zeros((count, ps), dtype=np.uint8)
+        data = np.flatnonzero(m >= 0)
+        if len(data):
+            where = m[data]
+            channels = where >> CHANNEL_SHIFT
+            offsets = where & ((1 << CHANNEL_SHIFT) - 1)
+            for ch in np.unique(channels):
+                sel = channels == ch
+                out[data[sel]] = self._rows(int(ch))[offsets[sel]]
+        for i in np.flatnonzero(m <= -3):  # pages decoded once by the page map
+            out[i] = np.frombuffer(self.pm.special[-3 - int(m[i])], dtype=np.uint8)
+        return out.reshape(-1), zero
+
+
+_ZEROS: list[_Bytes] = []
+
+
+def _zeros(n: int) -> _Bytes:
+    """A read-only zero buffer of ``n`` bytes (shared: allocated once)."""
+    if not _ZEROS or len(_ZEROS[0]) < n:
+        z = np.zeros(max(n, CHUNK), dtype=np.uint8)
+        z.flags.writeable = False
+        _ZEROS[:] = [z]
+    return _ZEROS[0][:n]
+
+
+def _chunk(reader: _BlockChunks | None, size: int | None, pos: int, n: int, ps: int) -> tuple[_Bytes, _Flags]:
+    """``n`` bytes at ``pos`` and the zero-page flags; zeros past the block's end."""
     if reader is None or size is None:
-        return bytes(n)
-    data = reader.pread(pos, max(0, min(n, size - pos))) if pos < size else b""
-    h.update(data)
-    return data if len(data) == n else data + bytes(n - len(data))
+        return _zeros(n), np.ones(n // ps, dtype=np.bool_)
+    data, zero = reader.read(pos, n)
+    own = max(0, min(n, size - pos))
+    if own < n and data[own:].any():
+        data = data.copy()
+        data[own:] = 0
+    return data, zero
 
 
 def _ranges(differ: np.ndarray[Any, np.dtype[np.bool_]], ps: int) -> tuple[tuple[int, int], ...]:
