@@ -227,3 +227,15 @@ def test_cli_check_desc() -> None:
     doc = json.loads(res.stdout)
     assert doc["verdict"] == "breaking" and "igb" in doc["sections"]["added"]
     assert _cli("check-desc", str(b), str(b)).returncode == 0
+
+
+def test_cut_stream_fails_everywhere(tmp_path: Path) -> None:
+    import lzma
+
+    data = lzma.decompress((LOADS / "streams" / "10.0__pc-i440fx-5.2__none.mig.xz").read_bytes())
+    cut = tmp_path / "cut.mig"
+    cut.write_bytes(data[:300000])
+    res = check_file(cut, _dump("vmstate-dump/10.0/pc-i440fx-5.2.json.xz"))
+    assert res.verdict == "fails"
+    (err,) = [f for f in res.findings if f.severity == "error"]
+    assert err.section == "stream" and err.offset is not None and err.offset <= 300000

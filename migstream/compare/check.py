@@ -115,6 +115,17 @@ def check_stream(stream: Stream, dump: VmstateDump) -> CheckResult:
                 tries.append(one)
             checker = min(tries, key=lambda c: (c.errors, len(c.findings)))
         findings.extend(_at_fields(checker.findings, devices.get((sec.name, sec.instance_id))))
+    if stream.truncated is not None:
+        findings.append(
+            Finding(
+                "error",
+                "stream",
+                0,
+                stream.truncated.offset,
+                None,
+                f"the stream ends early; any target fails there: {stream.truncated}",
+            )
+        )
     if stream.vmdesc is None:
         unchecked.append("(field layouts: the stream has no VM description)")
     return CheckResult(tuple(findings), tuple(unchecked))
