@@ -213,7 +213,7 @@ class FieldAligner:
             self.add("warning", path, f"field '{t.get('field')}' is a struct on one side only")
             return
         tsize = as_int(t.get("size"))
-        if tsize and not _compatible(s, t) and not _size_is_memory(s):
+        if tsize and not _compatible(s, t):
             self.add(
                 "error",
                 path,
@@ -305,19 +305,6 @@ def _subset_sum(sizes: Sequence[int], want: int) -> bool:
     for n in sizes[:64]:
         reach |= {r + n for r in reach if r + n <= want}
     return want in reach
-
-
-def _size_is_memory(s: JsonObj) -> bool:
-    """The dump prints the in-memory size, which differs from the wire size for a few types."""
-    return str(s.get("type")) in ("timer", "unused_buffer", "buffer", "pci config", "pci irq state")
-
-
-def _tsize(t: JsonObj) -> str:
-    return f"{t.get('size')} bytes" if not isinstance(t.get("Description"), Mapping) else "a struct"
-
-
-def _ssize(s: JsonObj) -> str:
-    return f"{s.get('size')} bytes" if not isinstance(s.get("struct"), Mapping) else "a struct"
 
 
 def as_int(v: Any) -> int | None:
