@@ -92,6 +92,7 @@ class FieldAligner:
         ]
         wanted = [(n, t) for n, t in reader_names(tgt) if (as_int(t.get("version_id")) or 0) <= version]
         later = [n for n, _t in wanted]
+        src = _flatten_moved(src, later)
         i = 0
         passed: list[int] = []  # sizes of guarded target fields skipped since the last unread run
         for k, (name, t) in enumerate(wanted):
@@ -108,15 +109,12 @@ class FieldAligner:
                 continue
             if t.get("field_exists"):
                 # Guarded by a test: skipped, unless it reads what the source wrote under another name.
-                if (
-                    i < len(src)
-                    and not any(_run(src, i, m) for m in later[k + 1 :])
-                    and _compatible(src[i], t)
-                ):
-                    self.one(src[i], t, fpath)
-                    if src[i].get("optional"):
-                        passed.append(_total(src[i]))
-                    i += 1
+                start = i
+                moved = self.renamed(src, i, t, later[k + 1 :], fpath) if i < len(src) else None
+                if moved is not None:
+                    i = moved
+                    if all(e.get("optional") for e in src[start:i]):
+                        passed.append(sum(_total(e) for e in src[start:i]))
                 elif not isinstance(t.get("Description"), Mapping) and as_int(t.get("size")):
                     passed.append(as_int(t.get("size")) or 0)
                 continue
@@ -162,6 +160,16 @@ class FieldAligner:
 
         if not free(i):
             return None
+        inner = t.get("Description")
+        prefix = f"{t.get('field')}."
+        if isinstance(inner, Mapping) and str(src[i].get("name", "")).startswith(prefix):
+            # Fields written flat ("core.a", "core.b") that the reader now reads as a struct.
+            j = i
+            while j < len(src) and str(src[j].get("name", "")).startswith(prefix):
+                j += 1
+            moved = [dict(e, name=str(e["name"])[len(prefix) :]) for e in src[i:j]]
+            self.fields(moved, inner, as_int(inner.get("version_id")) or 0, path)
+            return j
         tsize = as_int(t.get("size")) or 0
         plain = not isinstance(t.get("Description"), Mapping) and tsize > 0
         if plain and t.get("field") == "unused" and self.rest is None:
@@ -259,6 +267,20 @@ def reader_names(desc: JsonObj) -> list[tuple[str, JsonObj]]:
         k = seen.get(name, 0)
         seen[name] = k + 1
         out.append((f"{name}[{k}]" if count[name] > 1 else name, f))
+    return out
+
+
+def _flatten_moved(src: Sequence[JsonObj], names: Sequence[str]) -> list[JsonObj]:
+    """A written struct whose fields the reader reads flat (``core`` -> ``core.a``, ``core.b``)
+    is replaced by its fields under those names."""
+    out: list[JsonObj] = []
+    for s in src:
+        sub = s.get("struct")
+        name = str(s.get("name", ""))
+        if isinstance(sub, Mapping) and name not in names and any(n.startswith(name + ".") for n in names):
+            out.extend(dict(f, name=f"{name}.{f.get('name')}") for f in as_list(sub.get("fields")))
+        else:
+            out.append(s)
     return out
 
 
