@@ -152,3 +152,12 @@ def test_load_dump_errors(tmp_path: Path) -> None:
     good.write_text(json.dumps({"vmschkmachine": {"Name": "q"}, "x": {"Description": BASE}}))
     d = load_dump(good)
     assert d.machine == "q" and d.descriptions("dev") == (BASE,)
+
+
+def test_deep_nesting_is_bounded() -> None:
+    inner: Any = vmsd("leaf", [field("v", 1)])
+    for level in range(300):
+        inner = vmsd(f"s{level}", [field("n", 8, Description=inner)])
+    res = check_desc(dump(inner), dump(inner))
+    assert not res.breaking
+    assert any("nested deeper" in f.message for f in res.findings)

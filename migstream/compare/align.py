@@ -24,6 +24,9 @@ from migstream.compare.dump import JsonObj
 
 _INDEX = re.compile(r"(\[\d+\])+$")
 
+#: Deepest nesting of structs and subsections compared (real descriptions stay under 10).
+MAX_DEPTH = 64
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -212,6 +215,9 @@ class FieldAligner:
         sub = s.get("struct")
         tdesc = t.get("Description")
         if isinstance(sub, Mapping) and isinstance(tdesc, Mapping):
+            if path.count(".") > MAX_DEPTH:
+                self.add("warning", path, f"nested deeper than {MAX_DEPTH} levels: not compared")
+                return
             # A nested struct is read with the target's own version of it.
             tver = as_int(tdesc.get("version_id")) or 0
             self.fields(as_list(sub.get("fields")), tdesc, tver, path)
@@ -229,6 +235,8 @@ class FieldAligner:
             )
 
     def subsections(self, src: JsonObj, tgt: JsonObj, path: str) -> None:
+        if path.count(".") > MAX_DEPTH:
+            return
         known = {str(d.get("name")): d for d in as_list(tgt.get("Subsections")) if isinstance(d, Mapping)}
         for sub in as_list(src.get("subsections")):
             if not isinstance(sub, Mapping):
