@@ -28,6 +28,7 @@ RANK = {
     "arch": 5,
     "api": 6,
     "outputs": 7,
+    "compare": 7,
     "cli": 8,
 }
 ENTRY_POINTS = {"__init__", "__main__", "compat"}

@@ -10,6 +10,7 @@ from migstream import __version__  # noqa: F401
 from migstream.api import Stream
 from migstream.api import open as open_stream
 from migstream.cli.common import partial_exit, print_json, run_guarded
+from migstream.cli.compare import add_compare_commands
 from migstream.cli.progress import Progress
 from migstream.cli.receive import add_receive_parser
 from migstream.errors import UsageError
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--desc", metavar="FILE", help="VM description (JSON) for a stream that has none")
     sp.add_argument("--force", action="store_true", help="overwrite files in DIR")
     sp.set_defaults(func=cmd_extract)
-
+    add_compare_commands(sub)
     add_receive_parser(sub)
     return p
 
