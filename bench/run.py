@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Time migstream against ``cat``, ``cp`` and QEMU's own analyze-migration.py on one big stream.
+"""Time migstream against ``dd``, ``cat``, ``cp`` and QEMU's own analyze-migration.py.
 
-    python bench/run.py [--stream FILE] [--quick] [-n N] [--cold] [--json REPORT]
+    python bench/run.py [--stream FILE | --synthetic scattered|sparse|contiguous] [--quick]
+                        [-n N] [--cold] [--pipe-tmpdir-mib M] [--json REPORT]
 
-Without ``--stream`` the stream comes from ``bench/make_stream.py`` (built once, cached in
-bench/out/).  Every command runs N times (best time kept); a command that fails (exit status,
-traceback, timeout) shows as ``failed`` and the run goes on.  Page cache: warm by default (one
-untimed ``cat`` first); ``--cold`` drops it before every timed run (root only).
+Without ``--stream`` or ``--synthetic`` the stream comes from ``bench/make_stream.py``: a real
+QEMU guest (built once, cached in bench/out/).  ``--synthetic`` takes a builder-made stream in
+QEMU's record shapes: ``scattered`` (every 4th page data, a used guest's first pass), ``sparse``
+(a 64 GiB guest, 1 page in 64 data), ``contiguous``.  Every command runs N times (best time kept);
+a command that fails (exit status, traceback, timeout) shows as ``failed`` and the run goes on.
+Each migstream row also reports its peak anonymous memory (RssAnon, sampled from /proc: the
+mapped input is not anonymous).  The pipe rows feed the stream through ``cat |`` with ``TMPDIR``
+set to a directory of at most ``--pipe-tmpdir-mib`` MiB (a tmpfs when root can mount one).
+Page cache: warm by default (one untimed ``cat`` first); ``--cold`` drops it before every timed
+run (root only).
 """
 
 from __future__ import annotations
@@ -54,10 +61,13 @@ MIGSTREAM_CASES: list[tuple[str, list[str], str]] = [
 ]
 
 RATIOS: list[tuple[str, str, str, float | None]] = [
-    # (label, numerator row, denominator row, target)
-    ("info / cat", "migstream info", "cat", 2.0),
+    # (label, numerator row, denominator row, target: at most this, or at least -target when negative)
+    ("info / dd", "migstream info", "dd", 2.0),
+    ("state / dd", "migstream state --json", "dd", None),
+    ("cat | info - / cat | dd", "cat | migstream info -", "cat | dd", 1.5),
+    ("info / cat", "migstream info", "cat", None),
     ("state / cat", "migstream state --json", "cat", None),
-    ("info / QEMU -d state", "migstream info", "QEMU script -d state", None),
+    ("QEMU -d state / info (at least)", "QEMU script -d state", "migstream info", -5.0),
     ("state / QEMU -d state", "migstream state --json", "QEMU script -d state", None),
     ("compat -d state / QEMU -d state", "analyze-migration -d state", "QEMU script -d state", None),
     ("memory raw / cp", "migstream memory raw", "cp", 1.5),
@@ -76,6 +86,9 @@ class Row:
     times: list[float] = field(default_factory=list)
     error: str = ""
     check: str = ""
+    env: dict[str, str] | None = None
+    #: Peak RssAnon (bytes) of the process over all runs; None when not sampled.
+    anon_peak: int | None = None
 
     @property
     def best(self) -> float | None:
@@ -115,21 +128,66 @@ def run_row(row: Row, repeat: int, timeout: float, out: Path | None, cold: bool,
             drop_caches()
         start = time.perf_counter()
         try:
-            proc = subprocess.run(row.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL, cwd=row.cwd, timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
-            row.error = f"timeout after {timeout:.0f}s"
-            return
+            proc = subprocess.Popen(row.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, cwd=row.cwd,
+                                    env={**os.environ, **row.env} if row.env else None)
         except OSError as exc:
             row.error = str(exc)
             return
+        peak, err_bytes = _wait_sampling(proc, start + timeout)
         elapsed = time.perf_counter() - start
-        err = proc.stderr.decode(errors="replace")
+        if peak is None:
+            row.error = f"timeout after {timeout:.0f}s"
+            return
+        if peak:
+            row.anon_peak = max(row.anon_peak or 0, peak)
+        err = err_bytes.decode(errors="replace")
         if proc.returncode != 0 or "Traceback (most recent call last)" in err:
             lines = [ln for ln in err.strip().splitlines() if ln.strip()]
             row.error = f"exit {proc.returncode}: {lines[-1][:100] if lines else ''}"
             return
         row.times.append(elapsed)
+
+
+def _rss_anon(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _wait_sampling(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int | None, bytes]:
+    """Wait for ``proc``, sampling its RssAnon; (peak bytes, stderr), or (None, ...) on timeout."""
+    import threading
+
+    assert proc.stderr is not None
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _rss_anon(proc.pid))
+        if time.perf_counter() > deadline:
+            proc.kill()
+            proc.wait()
+            return None, b""
+        time.sleep(0.005)
+    reader.join()
+    return peak, b"".join(chunks)
+
+
+def _small_tmpdir(base: Path, mib: int) -> Path:
+    """A directory holding at most ``mib`` MiB: a tmpfs when it can be mounted, else a plain one."""
+    path = base / f"tmp-{mib}m"
+    path.mkdir(parents=True, exist_ok=True)
+    if not os.path.ismount(path):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return path
 
 
 def check_memory_raw(path: Path, blobs: list[Blob]) -> str:
@@ -187,6 +245,10 @@ def fmt_s(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stream", type=Path, help="stream to time (default: bench/make_stream.py's)")
+    ap.add_argument("--synthetic", choices=sorted(make_stream.SYNTHETIC),
+                    help="time a builder-made stream in this page layout")
+    ap.add_argument("--pipe-tmpdir-mib", type=int, default=64,
+                    help="TMPDIR size for the pipe rows (default 64 MiB)")
     ap.add_argument("--quick", action="store_true", help="small stream (512 MiB guest, 128 MiB data)")
     ap.add_argument("-n", "--repeat", type=int, default=None, help="runs per command (default 3, quick 2)")
     ap.add_argument("--cli", help="migstream command (default: console script next to python)")
@@ -201,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 3)
 
-    stream = args.stream or make_stream.build(make_stream.QUICK if args.quick else make_stream.FULL)
+    if args.synthetic:
+        stream = make_stream.build_synthetic(make_stream.SYNTHETIC[args.synthetic])
+    else:
+        stream = args.stream or make_stream.build(make_stream.QUICK if args.quick else make_stream.FULL)
     stream = stream.resolve()
     size = stream.stat().st_size
     blob_info = load_blobs(stream)
@@ -221,7 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     outs: dict[str, Path] = {}
     # reference: interpreter start-up alone (every migstream row pays it)
     rows.append(Row("python start-up", [sys.executable, "-c", "pass"]))
+    rows.append(Row("dd", ["dd", f"if={stream}", "of=/dev/null", "bs=1M"]))
     rows.append(Row("cat", ["cat", str(stream)]))
+    small_tmp = _small_tmpdir(tmp, args.pipe_tmpdir_mib)
+    rows.append(Row("cat | dd", ["sh", "-c", f"cat {shlex.quote(str(stream))} | dd of=/dev/null bs=1M"]))
+    rows.append(Row("cat | migstream info -",
+                    ["sh", "-c", f"cat {shlex.quote(str(stream))} | {shlex.join(cli)} info - >/dev/null"],
+                    env={"TMPDIR": str(small_tmp)}))
     outs["cp"] = tmp / "copy.mig"
     rows.append(Row("cp", ["cp", "--reflink=never", str(stream), str(outs["cp"])], "file"))
     for name, case_args, kind in MIGSTREAM_CASES:
@@ -270,12 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     mib = size / 2**20
     print()
     print(f"stream {stream.name}: {size} bytes ({mib:.1f} MiB); best of {repeat}; {cache_note}")
-    print(f"{'command':34} {'best s':>8} {'MiB/s':>8}  runs  note")
+    print(f"{'command':34} {'best s':>8} {'MiB/s':>8} {'anon MiB':>8}  runs  note")
     for r in rows:
         rate = f"{mib / r.best:8.0f}" if r.best else "       -"
+        anon = f"{r.anon_peak / 2**20:8.1f}" if r.anon_peak and r.argv[0] != "sh" else "       -"
         note = r.error or r.check
         runs = " ".join(f"{t:.2f}" for t in r.times)
-        print(f"{r.name:34} {fmt_s(r.best)} {rate}  [{runs}]  {note}")
+        print(f"{r.name:34} {fmt_s(r.best)} {rate} {anon}  [{runs}]  {note}")
     print()
     print(f"{'ratio':34} {'value':>8}  target")
     ratio_results: dict[str, float | None] = {}
@@ -287,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio_results[label] = value
         tgt = ""
         if target is not None:
-            tgt = f"<= {target:g}x" + ("" if value is None else ("  ok" if value <= target else "  MISSED"))
+            ok = value is not None and (value <= target if target > 0 else value >= -target)
+            tgt = f"{'<=' if target > 0 else '>='} {abs(target):g}x" + (
+                "" if value is None else ("  ok" if ok else "  MISSED"))
         shown = "failed" if value is None else f"{value:8.2f}"
         print(f"{label:34} {shown:>8}  {tgt}")
 
@@ -298,11 +372,14 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": repeat,
             "cache": cache_note,
             "rows": [{"name": r.name, "argv": r.argv, "times": r.times, "best": r.best,
-                      "error": r.error, "check": r.check} for r in rows],
+                      "error": r.error, "check": r.check, "anon_peak": r.anon_peak} for r in rows],
             "ratios": ratio_results,
         }
         args.json.write_text(json.dumps(report, indent=1) + "\n")
+    subprocess.run(["umount", str(small_tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=False)
     with contextlib.suppress(OSError):
+        small_tmp.rmdir()
         tmp.rmdir()
     return 0
 
