@@ -119,6 +119,48 @@ def _discard_ops(
     return cols[0], cols[1], cols[2], cols[3], cols[4]
 
 
+def _kinds(ram: RamIndex, rows: Ints) -> Ints:
+    """The source kind of each row (rows past the runs are discarded ranges)."""
+    runs = ram.runs
+    n = len(runs)
+    inside = rows < n
+    r = np.where(inside, rows, 0)
+    rk = _col(runs.kind)[r] if n else np.zeros(len(rows), dtype=np.int64)
+    aux = _col(runs.aux)[r] if n else rk
+    out = np.full(len(rows), ABSENT, dtype=np.int64)
+    out[(rk == PageKind.PAGE) | (rk == PageKind.MAPPED) | (rk == PageKind.MULTIFD)] = DATA
+    out[((rk == PageKind.ZERO) & (aux == 0)) | (rk == PageKind.MULTIFD_ZERO)] = ZERO
+    out[(rk == PageKind.ZERO) & (aux != 0)] = FILL
+    out[rk == PageKind.XBZRLE] = XBZRLE
+    out[rk == PageKind.COMPRESS] = COMPRESS
+    out[~inside] = ABSENT
+    return out
+
+
+def _order(ram: RamIndex, d_cmd: Ints, d_offs: Ints) -> Ints | None:
+    """Each row's place in the order of application; None when it is the row order itself."""
+    runs = ram.runs
+    nruns = len(runs)
+    r_ch = _col(runs.channel)
+    multifd = r_ch != 0
+    if not len(d_cmd) and not multifd.any():
+        return None
+    r_aux = _col(runs.aux)
+    order = np.lexsort((np.arange(nruns), np.where(multifd, r_aux, 0), multifd))
+    nmain = int(nruns - np.count_nonzero(multifd))
+    key = np.empty(nruns + len(d_cmd), dtype=np.int64)
+    key[order] = 2 * np.arange(nruns, dtype=np.int64) + 1
+    if len(d_cmd):
+        # Discard command k is applied before the first main run whose offset is past it.
+        main_off = _col(runs.offset)[order[:nmain]]
+        applied = np.maximum.accumulate(np.searchsorted(d_offs, main_off, "left")) if nmain else main_off
+        at = np.searchsorted(applied, d_cmd + 1, "left")
+        key[nruns:] = np.where(at < nmain, 2 * at, 2 * nruns + 2 + d_cmd)
+    seq = np.empty(len(key), dtype=np.int64)
+    seq[np.argsort(key, kind="stable")] = np.arange(len(key), dtype=np.int64)
+    return seq
+
+
 def resolve(
     ram: RamIndex, discards: Sequence[tuple[int, str, Sequence[Sequence[int]]]] = ()
 ) -> Intervals:
@@ -126,136 +168,86 @@ def resolve(
     ps = ram.page_size
     runs = ram.runs
     nblocks = len(ram.blocks)
-    block_pages = [-(-b.size // ps) for b in ram.blocks]
     bases = [0]
-    for n in block_pages:
-        bases.append(bases[-1] + n)
+    for b in ram.blocks:
+        bases.append(bases[-1] + -(-b.size // ps))
     if bases[-1] >= 1 << 62:
         raise LimitError("RAM blocks too large to index", expected="< 2**62 pages", found=bases[-1])
     base_arr = np.array(bases, dtype=np.int64)
-
     r_block = _col(runs.block)
-    r_kind = _col(runs.kind)
-    r_ch = _col(runs.channel)
-    r_aux = _col(runs.aux)
     r_off = _col(runs.offset)
-    nruns = len(r_block)
 
-    # -- order of application ---------------------------------------------------
-    multifd = r_ch != 0
-    order = np.lexsort((np.arange(nruns), np.where(multifd, r_aux, 0), multifd))
-    nmain = int(nruns - np.count_nonzero(multifd))
-    key = np.empty(nruns, dtype=np.int64)
-    key[order] = 2 * np.arange(nruns, dtype=np.int64) + 1
+    # -- rows: the runs, then the discarded ranges, as global page ranges ----------
     d_cmd, d_block, d_first, d_count, d_offs = _discard_ops(ram, ps, discards)
+    gstart = base_arr[r_block]
+    gstart += _col(runs.addr) // ps
+    gend = base_arr[1:][r_block]
+    np.minimum(gend, gstart + _col(runs.count), out=gend)
     if len(d_cmd):
-        # Discard command k is applied before the first main run whose offset is past it.
-        main_off = r_off[order[:nmain]]
-        applied = np.maximum.accumulate(np.searchsorted(d_offs, main_off, "left")) if nmain else main_off
-        at = np.searchsorted(applied, d_cmd + 1, "left")
-        d_key = np.where(at < nmain, 2 * at, 2 * nruns + 2 + d_cmd)
+        ds = base_arr[d_block] + d_first
+        gstart = np.concatenate((gstart, ds))
+        gend = np.concatenate((gend, ds + d_count))
+    seq = _order(ram, d_cmd, d_offs)
+    if (gend <= gstart).any():
+        idx = np.flatnonzero(gend > gstart)
+        idx = idx[np.lexsort((idx if seq is None else seq[idx], gstart[idx]))]
     else:
-        d_key = d_cmd
+        idx = np.argsort(gstart, kind="stable") if seq is None else np.lexsort((seq, gstart))
+    gf = gstart[idx]
+    ge = gend[idx]
+    del gstart, gend
 
-    # -- one row per run or discarded range -------------------------------------
-    first = np.concatenate((_col(runs.addr) // ps, d_first))
-    blocks = np.concatenate((r_block, d_block))
-    bp = np.array(block_pages, dtype=np.int64)
-    count = np.concatenate((_col(runs.count), d_count))
-    if len(blocks):
-        count = np.minimum(count, bp[blocks] - first)
-    keys = np.concatenate((key, d_key))
-    seq = np.empty(len(keys), dtype=np.int64)
-    seq[np.argsort(keys, kind="stable")] = np.arange(len(keys), dtype=np.int64)
-    del keys, key
-    kind = np.full(len(blocks), ABSENT, dtype=np.int64)
-    rk = kind[:nruns]
-    fill = r_aux
-    rk[(r_kind == PageKind.PAGE) | (r_kind == PageKind.MAPPED) | (r_kind == PageKind.MULTIFD)] = DATA
-    rk[((r_kind == PageKind.ZERO) & (fill == 0)) | (r_kind == PageKind.MULTIFD_ZERO)] = ZERO
-    rk[(r_kind == PageKind.ZERO) & (fill != 0)] = FILL
-    rk[r_kind == PageKind.XBZRLE] = XBZRLE
-    rk[r_kind == PageKind.COMPRESS] = COMPRESS
-    src = np.zeros(len(blocks), dtype=np.int64)
-    data_at = r_off + _col(runs.skip)
-    src[:nruns] = np.where(rk == FILL, fill, data_at)
-    stride = np.zeros(len(blocks), dtype=np.int64)
-    stride[:nruns] = np.where(kind[:nruns] == DATA, _col(runs.stride), 0)
-    channel = np.zeros(len(blocks), dtype=np.int64)
-    channel[:nruns] = r_ch
-    del data_at, rk
+    # -- clusters of overlapping rows: single rows stand as they are, the rest are swept --
+    n = len(idx)
+    new = np.ones(n + 1, dtype=bool)
+    if n:
+        new[1:n] = gf[1:] >= np.maximum.accumulate(ge)[:-1]
+    single = new[:-1] & new[1:]
+    base_of: dict[int, int] = {}  # XBZRLE row -> row it applies to
+    swept: list[tuple[list[int], list[int], list[int]]] = []
+    if not single.all():
+        cstart = np.flatnonzero(new)
+        csize = np.diff(cstart)
+        multi = csize > 1
+        for c, k in zip(cstart[:-1][multi].tolist(), csize[multi].tolist()):
+            part = slice(c, c + k)
+            rows = idx[part]
+            sq = rows if seq is None else seq[rows]
+            swept.append(_sweep(gf[part].tolist(), ge[part].tolist(), rows, sq, _kinds(ram, rows), base_of))
+        del cstart, csize, multi
+    del new
+    gs, gend, row = gf[single], ge[single], idx[single]
+    del gf, ge, idx, single
+    if swept:
+        gs = np.concatenate([gs, *(np.array(p[0], dtype=np.int64) for p in swept)])
+        gend = np.concatenate([gend, *(np.array(p[1], dtype=np.int64) for p in swept)])
+        row = np.concatenate([row, *(np.array(p[2], dtype=np.int64) for p in swept)])
+        del swept
+        o = np.argsort(gs, kind="stable")
+        gs, gend, row = gs[o], gend[o], row[o]
+        del o
 
-    # Built rows: every XBZRLE/COMPRESS run, numbered in run order.
-    is_built = (kind == XBZRLE) | (kind == COMPRESS)
-    built_row = np.cumsum(is_built) - 1
-    nb = int(np.count_nonzero(is_built))
+    # -- built pages, and what each XBZRLE page applies to -------------------------
+    r_kind = _col(runs.kind)
+    brows = np.flatnonzero((r_kind == PageKind.XBZRLE) | (r_kind == PageKind.COMPRESS))
+    bkind = _kinds(ram, brows)
+    nb = len(brows)
     built = Built(
-        kind=kind[is_built].copy(),
-        channel=channel[is_built].copy(),
-        data=src[is_built].copy(),
-        length=np.concatenate((r_aux, np.zeros(len(d_cmd), np.int64)))[is_built],
+        kind=bkind,
+        channel=_col(runs.channel)[brows],
+        data=r_off[brows] + _col(runs.skip)[brows],
+        length=_col(runs.aux)[brows],
         base_kind=np.full(nb, ABSENT, dtype=np.int64),
         base_channel=np.zeros(nb, dtype=np.int64),
         base_src=np.zeros(nb, dtype=np.int64),
     )
-    src[is_built] = built_row[is_built]
-
-    keep = count > 0
-    gfirst = base_arr[blocks] + first
-    idx = np.flatnonzero(keep)
-    idx = idx[np.lexsort((seq[idx], gfirst[idx]))]
-    gf = gfirst[idx]
-    ge = gf + count[idx]
-    del gfirst, keep
-
-    # -- clusters of overlapping rows -------------------------------------------
-    if len(idx):
-        reach = np.maximum.accumulate(ge)
-        new = np.empty(len(idx), dtype=bool)
-        new[0] = True
-        new[1:] = gf[1:] >= reach[:-1]
-        cstart = np.flatnonzero(new)
-        del reach, new
-    else:
-        cstart = np.zeros(0, dtype=np.int64)
-    csize = np.diff(np.append(cstart, len(idx)))
-    single = cstart[csize == 1]
-    seg_gs = [gf[single]]
-    seg_ge = [ge[single]]
-    seg_row = [idx[single]]
-    base_of: dict[int, int] = {}  # XBZRLE row -> row it applies to
-    multi = csize > 1
-    for c, n in zip(cstart[multi].tolist(), csize[multi].tolist()):
-        part = slice(c, c + n)
-        s, e, r = _sweep(gf[part].tolist(), ge[part].tolist(), idx[part].tolist(), seq, kind, base_of)
-        seg_gs.append(np.array(s, dtype=np.int64))
-        seg_ge.append(np.array(e, dtype=np.int64))
-        seg_row.append(np.array(r, dtype=np.int64))
-    gs = np.concatenate(seg_gs)
-    gend = np.concatenate(seg_ge)
-    row = np.concatenate(seg_row)
-    del seg_gs, seg_ge, seg_row
-    o = np.argsort(gs, kind="stable")
-    gs, gend, row = gs[o], gend[o], row[o]
-
-    # -- what each XBZRLE page applies to ------------------------------------------
-    xrows = np.flatnonzero(kind == XBZRLE)
-    warn_rows: list[int] = []
-    for x in xrows.tolist():
-        b = base_of.get(x)
-        bk = ABSENT if b is None else int(kind[b])
-        i = int(built_row[x])
-        built.base_kind[i] = bk
-        if bk == ABSENT:
-            warn_rows.append(x)
-        elif bk == DATA:
-            built.base_channel[i] = channel[b]
-            built.base_src[i] = src[b] + (first[x] - first[b]) * stride[b]
-        elif bk in (FILL, XBZRLE, COMPRESS):
-            built.base_src[i] = src[b]
-    warn_rows.sort(key=lambda x: int(seq[x]))
+    warn_rows = _link_xbzrle(ram, brows, bkind, base_of, built)
+    if seq is not None:
+        warn_rows.sort(key=lambda x: int(seq[x]))
+    names = [b.name for b in ram.blocks]
+    r_addr = _col(runs.addr)
     warnings = [
-        f"XBZRLE page at {ram.blocks[int(blocks[x])].name}+{int(first[x]) * ps:#x} (stream offset "
+        f"XBZRLE page at {names[int(r_block[x])]}+{int(r_addr[x]):#x} (stream offset "
         f"{int(r_off[x]):#x}) is encoded against a copy that is not in the stream; decoded against zeros"
         for x in warn_rows[:MAX_WARNINGS]
     ]
@@ -265,41 +257,76 @@ def resolve(
             "in the stream; decoded against zeros"
         )
 
-    # -- per-block columns -------------------------------------------------------------
-    rkind = kind[row]
+    # -- per-block columns of the intervals that hold bytes ----------------------------
+    rkind = _kinds(ram, row)
     seg_block = np.searchsorted(base_arr, gs, "right") - 1
     present = [False] * nblocks
     for bi in np.unique(seg_block[rkind != ABSENT]).tolist():
         present[bi] = True
-    held = rkind > ZERO
+    held = np.flatnonzero(rkind > ZERO)
     gs, gend, row, rkind, seg_block = gs[held], gend[held], row[held], rkind[held], seg_block[held]
-    local = gs - base_arr[seg_block]
-    rstride = stride[row]
-    rsrc = src[row] + (gs - (base_arr[blocks[row]] + first[row])) * rstride
-    bounds = np.searchsorted(seg_block, np.arange(nblocks + 1), "left").tolist()
+    del held
+    block_base = base_arr[seg_block]
+    data = rkind == DATA
+    stride = np.where(data, _col(runs.stride)[row], 0)
+    row_first = base_arr[r_block[row]] + r_addr[row] // ps
+    src = np.where(data, r_off[row] + _col(runs.skip)[row] + (gs - row_first) * stride, _col(runs.aux)[row])
+    del row_first
+    isb = (rkind == XBZRLE) | (rkind == COMPRESS)
+    src[isb] = np.searchsorted(brows, row[isb])
     return Intervals(
-        bounds=bounds,
-        start=local,
-        end=gend - base_arr[seg_block],
+        bounds=np.searchsorted(seg_block, np.arange(nblocks + 1), "left").tolist(),
+        start=gs - block_base,
+        end=gend - block_base,
         kind=rkind,
-        channel=channel[row],
-        src=rsrc,
-        stride=rstride,
+        channel=_col(runs.channel)[row],
+        src=src,
+        stride=stride,
         present=present,
         built=built,
         warnings=warnings,
     )
 
 
+def _link_xbzrle(ram: RamIndex, brows: Ints, bkind: Ints, base_of: dict[int, int], built: Built) -> list[int]:
+    """Fill the base columns of the XBZRLE rows of ``built``; returns the rows whose base is absent."""
+    runs = ram.runs
+    ps = ram.page_size
+    xs = np.flatnonzero(bkind == XBZRLE)
+    if not len(xs):
+        return []
+    linked = [(int(i), base_of.get(int(brows[i]), -1)) for i in xs]
+    missing = [int(brows[i]) for i, b in linked if b < 0]
+    have = [(i, b) for i, b in linked if b >= 0]
+    if have:
+        bi = np.array([i for i, _ in have], dtype=np.int64)
+        br = np.array([b for _, b in have], dtype=np.int64)
+        bk = _kinds(ram, br)
+        built.base_kind[bi] = bk
+        missing += [int(brows[i]) for i in bi[bk == ABSENT].tolist()]
+        xr = brows[bi]
+        safe = np.minimum(br, len(runs) - 1)
+        step = (_col(runs.addr)[xr] - _col(runs.addr)[safe]) // ps
+        data_src = _col(runs.offset)[safe] + _col(runs.skip)[safe] + step * _col(runs.stride)[safe]
+        src = np.where(bk == DATA, data_src, np.where(bk == FILL, _col(runs.aux)[safe], 0))
+        isb = (bk == XBZRLE) | (bk == COMPRESS)
+        src[isb] = np.searchsorted(brows, br[isb])
+        built.base_src[bi] = src
+        built.base_channel[bi] = np.where(bk == DATA, _col(runs.channel)[safe], 0)
+    return sorted(missing)
+
+
 def _sweep(
-    gf: list[int], ge: list[int], rows: list[int], seq: Ints, kind: Ints, base_of: dict[int, int]
+    gf: list[int], ge: list[int], row_arr: Ints, seq: Ints, kind: Ints, base_of: dict[int, int]
 ) -> tuple[list[int], list[int], list[int]]:
-    """Last-copy-wins over one cluster of overlapping rows (sorted by start).
+    """Last-copy-wins over one cluster of overlapping rows (sorted by start; ``seq`` and ``kind``
+    are the rows' order of application and source kind).
 
     Returns the pieces (start, end, row) and fills ``base_of`` for the XBZRLE rows.
     """
-    sq = [int(seq[r]) for r in rows]
-    kd = [int(kind[r]) for r in rows]
+    rows: list[int] = row_arr.tolist()
+    sq: list[int] = seq.tolist()
+    kd: list[int] = kind.tolist()
     bounds = sorted(set(gf) | set(ge))
     heap: list[tuple[int, int]] = []
     active: dict[int, None] = {}
