@@ -1020,7 +1020,8 @@ def pattern_pages(idx: Any, page_size: int = 4096) -> Any:
     import numpy as np
 
     idx = np.asarray(idx, dtype=np.int64)
-    pages = ((np.arange(page_size, dtype=np.int64)[None, :] * 31 + idx[:, None]) % 251 + 1).astype(np.uint8)
+    row = (np.arange(page_size, dtype=np.int64) * 31 % 251).astype(np.uint16)
+    pages = ((row[None, :] + (idx % 251).astype(np.uint16)[:, None]) % 251 + 1).astype(np.uint8)
     pages[:, :8] = (idx + 1).astype("<u8").view(np.uint8).reshape(len(idx), 8)
     return pages
 
@@ -1038,7 +1039,23 @@ def sparse_ram_records(
     end = first_page + npages
     pos = first_page
     while pos < end:
-        stop = min(end, pos + chunk_pages)
+        if pos % every == 0 and end - pos >= every:
+            # Whole groups of ``every`` pages share one layout: fill it column by column.
+            groups = min((end - pos) // every, max(1, chunk_pages // every))
+            zl = 9 * (every - 1)
+            out = np.zeros((groups, zl + 8 + page_size), dtype=np.uint8)
+            idx = pos + np.arange(groups * every, dtype=np.int64).reshape(groups, every)
+            zw = (idx[:, :-1] * page_size) | zero_word
+            out[:, :zl].reshape(groups, every - 1, 9)[:, :, :8] = (
+                zw.astype(">u8").view(np.uint8).reshape(groups, every - 1, 8)
+            )
+            pw = (idx[:, -1] * page_size) | page_word
+            out[:, zl : zl + 8] = pw.astype(">u8").view(np.uint8).reshape(groups, 8)
+            out[:, zl + 8 :] = pattern_pages(idx[:, -1], page_size)
+            yield out.tobytes()
+            pos += groups * every
+            continue
+        stop = min(end, pos + chunk_pages, (pos // every + 1) * every)
         idx = np.arange(pos, stop, dtype=np.int64)
         data = idx % every == every - 1
         sizes = np.where(data, 8 + page_size, 9)

@@ -128,9 +128,7 @@ def write_block_range(
     return written
 
 
-def _gather(
-    buf: memoryview, src: int, stride: int, count: int, out_fd: int, dst: int, st: _Staging
-) -> None:
+def _gather(buf: memoryview, src: int, stride: int, count: int, out_fd: int, dst: int, st: _Staging) -> None:
     """Pages at a fixed stride in ``buf`` (between record headers): gathered, one write per chunk."""
     ps = st.page_size
     staging = st.buffer()

@@ -161,9 +161,7 @@ def _order(ram: RamIndex, d_cmd: Ints, d_offs: Ints) -> Ints | None:
     return seq
 
 
-def resolve(
-    ram: RamIndex, discards: Sequence[tuple[int, str, Sequence[Sequence[int]]]] = ()
-) -> Intervals:
+def resolve(ram: RamIndex, discards: Sequence[tuple[int, str, Sequence[Sequence[int]]]] = ()) -> Intervals:
     """The intervals of every block of ``ram`` (see the module docstring)."""
     ps = ram.page_size
     runs = ram.runs

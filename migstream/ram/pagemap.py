@@ -30,6 +30,8 @@ from migstream.ram.xbzrle import apply_xbzrle
 
 #: Bytes of built pages kept for reuse.
 CACHE_BYTES = 32 << 20
+#: Intervals turned into Python numbers at a time.
+_SPAN_CHUNK = 4096
 
 __all__ = ["ABSENT", "COMPRESS", "DATA", "FILL", "XBZRLE", "ZERO", "PageMap", "Span", "inflate_page"]
 
@@ -91,17 +93,19 @@ class PageMap:
         else:
             stop = first + count
             b = lo + int(np.searchsorted(ix.start[lo:hi], stop, "left"))
-        if a >= b:
-            return
-        starts = ix.start[a:b].tolist()
-        ends = ix.end[a:b].tolist()
-        kinds = ix.kind[a:b].tolist()
-        chans = ix.channel[a:b].tolist()
-        srcs = ix.src[a:b].tolist()
-        strides = ix.stride[a:b].tolist()
-        for s, e, k, c, src, st in zip(starts, ends, kinds, chans, srcs, strides):
-            s2, e2 = max(s, first), min(e, stop)
-            yield s2, e2 - s2, k, c, src + (s2 - s) * st, st
+        for c in range(a, b, _SPAN_CHUNK):
+            d = min(b, c + _SPAN_CHUNK)
+            cols = zip(
+                ix.start[c:d].tolist(),
+                ix.end[c:d].tolist(),
+                ix.kind[c:d].tolist(),
+                ix.channel[c:d].tolist(),
+                ix.src[c:d].tolist(),
+                ix.stride[c:d].tolist(),
+            )
+            for s, e, k, ch, src, st in cols:
+                s2, e2 = max(s, first), min(e, stop)
+                yield s2, e2 - s2, k, ch, src + (s2 - s) * st, st
 
     def channel_buffer(self, channel: int) -> memoryview:
         return self.sources[channel].buffer
