@@ -270,3 +270,49 @@ def test_sparse_guest(tmp_path: Path, size: int, every: int, bound: int) -> None
         assert rc == 0, err
         assert peak < bound, (args[0], peak)
     _check_sparse_image(image, stream, npages, every)
+
+
+# -- last copy wins, however the runs overlap ---------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overlapping_runs_resolve_to_the_last_copy(tmp_path: Path, seed: int) -> None:
+    """Random iterations of plain, zero, filled, XBZRLE and compressed pages over a few pages (runs
+    overlap in every way): the block reads as the builder last wrote it, and `memory` writes it."""
+    rng = np.random.default_rng(seed)
+    ps, npages = 4096, 48
+    b = StreamBuilder()
+    _start(b, [RamBlock("pc.ram", npages * ps)])
+    b.ram_eos()
+    for _ in range(4):
+        b.section_part(1)
+        p = int(rng.integers(0, 8))
+        while p < npages:
+            kind = int(rng.integers(0, 5))
+            page = rng.integers(1, 255, ps, dtype=np.uint8).tobytes()
+            if kind == 0:
+                b.ram_page("pc.ram", p * ps, page)
+            elif kind == 1:
+                b.ram_zero("pc.ram", p * ps, int(rng.choice([0, 0, 0x11])))
+            elif kind == 2:
+                old = bytearray(b.page_of("pc.ram", p * ps))
+                at = int(rng.integers(0, ps - 8))
+                old[at : at + 8] = b"changed!"
+                if bytes(old) != b.page_of("pc.ram", p * ps):
+                    b.ram_xbzrle("pc.ram", p * ps, bytes(old))
+            else:
+                b.ram_compress_page("pc.ram", p * ps, page[: ps // 2] + bytes(ps // 2))
+            p += int(rng.integers(1, 3))
+        b.ram_eos()
+    b.section_end(1)
+    _end(b)
+    stream = b.write(tmp_path / "s.mig")
+    want = b"".join(b.page_of("pc.ram", i * ps) for i in range(npages))
+    with migstream.open(str(stream)) as s:
+        assert s.block("pc.ram").read() == want
+        assert s.block("pc.ram").pread(ps - 3, 10) == want[ps - 3 : ps + 7]
+    image = tmp_path / "m.raw"
+    rc, _peak, err = run_measured(["memory", str(stream), "-o", str(image)], tmp_path)
+    assert rc == 0, err
+    got = _pages_at(image, _placement(stream, "pc.ram"), ps, np.arange(npages, dtype=np.int64))
+    assert got.tobytes() == want
