@@ -57,13 +57,12 @@ def run_measured(args: list[str], tmp: Path) -> tuple[int, int, str]:
         peak = 0
         while True:
             peak = max(peak, _rss_anon(proc.pid))
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             time.sleep(0.005)
         proc.returncode = os.waitstatus_to_exitcode(status)
-    # ru_maxrss counts mapped input pages too: an upper bound of the anonymous peak the polling may miss.
-    return proc.returncode, max(peak, 0), err.read_text()
+    return proc.returncode, peak, err.read_text()
 
 
 def _start(b: StreamBuilder, blocks: list[RamBlock], *, target_page_bits: int | None = None) -> None:
