@@ -1056,3 +1056,82 @@ class StreamBuilder:
 
     def pbs_state_payload(self, data: bytes) -> int:
         return self._put(be64(len(data)) + data)
+
+
+# -- records from ready-made payloads (nothing remembered: for large or many pages) ------------
+
+
+def ram_xbzrle_delta(
+    b: StreamBuilder, block: str, offset: int, enc: bytes, *, cont: bool | None = None
+) -> int:
+    """An XBZRLE record carrying the encoded delta ``enc`` as it is."""
+    head = b._ram_page_head(RAM_SAVE_FLAG_XBZRLE, block, offset, cont)
+    return b.raw(head + bytes([ENCODING_FLAG_XBZRLE]) + be16(len(enc)) + enc)
+
+
+def ram_compressed(
+    b: StreamBuilder, block: str, offset: int, comp: bytes, *, cont: bool | None = None
+) -> int:
+    """A COMPRESS_PAGE record carrying the zlib data ``comp`` as it is."""
+    head = b._ram_page_head(RAM_SAVE_FLAG_COMPRESS_PAGE, block, offset, cont)
+    return b.raw(head + be32(len(comp)) + comp)
+
+
+# -- large sparse RAM, made a chunk at a time ---------------------------------------------
+
+
+def pattern_pages(idx: Any, page_size: int = 4096) -> Any:
+    """The content :func:`sparse_ram_records` gives the pages of index array ``idx``: an
+    (len(idx), page_size) uint8 array, every byte non-zero, a page's first 8 bytes its index + 1."""
+    import numpy as np
+
+    idx = np.asarray(idx, dtype=np.int64)
+    row = (np.arange(page_size, dtype=np.int64) * 31 % 251).astype(np.uint16)
+    pages = ((row[None, :] + (idx % 251).astype(np.uint16)[:, None]) % 251 + 1).astype(np.uint8)
+    pages[:, :8] = (idx + 1).astype("<u8").view(np.uint8).reshape(len(idx), 8)
+    return pages
+
+
+def sparse_ram_records(
+    first_page: int, npages: int, every: int, page_size: int = 4096, *, chunk_pages: int = 1 << 16
+) -> Iterable[bytes]:
+    """Records of pages ``first_page..first_page+npages-1`` of the current block, all with CONTINUE,
+    as QEMU streams a block in order: page i is a PAGE record (content :func:`pattern_pages`) when
+    ``i % every == every - 1``, otherwise a ZERO record (fill 0).  Yields chunks of bytes."""
+    import numpy as np
+
+    zero_word = RAM_SAVE_FLAG_ZERO | RAM_SAVE_FLAG_CONTINUE
+    page_word = RAM_SAVE_FLAG_PAGE | RAM_SAVE_FLAG_CONTINUE
+    end = first_page + npages
+    pos = first_page
+    while pos < end:
+        if pos % every == 0 and end - pos >= every:
+            # Whole groups of ``every`` pages share one layout: fill it column by column.
+            groups = min((end - pos) // every, max(1, chunk_pages // every))
+            zl = 9 * (every - 1)
+            out = np.zeros((groups, zl + 8 + page_size), dtype=np.uint8)
+            idx = pos + np.arange(groups * every, dtype=np.int64).reshape(groups, every)
+            zw = (idx[:, :-1] * page_size) | zero_word
+            out[:, :zl].reshape(groups, every - 1, 9)[:, :, :8] = (
+                zw.astype(">u8").view(np.uint8).reshape(groups, every - 1, 8)
+            )
+            pw = (idx[:, -1] * page_size) | page_word
+            out[:, zl : zl + 8] = pw.astype(">u8").view(np.uint8).reshape(groups, 8)
+            out[:, zl + 8 :] = pattern_pages(idx[:, -1], page_size)
+            yield out.tobytes()
+            pos += groups * every
+            continue
+        stop = min(end, pos + chunk_pages, (pos // every + 1) * every)
+        idx = np.arange(pos, stop, dtype=np.int64)
+        data = idx % every == every - 1
+        sizes = np.where(data, 8 + page_size, 9)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        out = np.zeros(int(sizes.sum()), dtype=np.uint8)
+        words = (idx * page_size) | np.where(data, page_word, zero_word)
+        out[starts[:, None] + np.arange(8)] = words.astype(">u8").view(np.uint8).reshape(-1, 8)
+        d = np.flatnonzero(data)
+        for k in range(0, len(d), 1024):
+            part = d[k : k + 1024]
+            out[(starts[part] + 8)[:, None] + np.arange(page_size)] = pattern_pages(idx[part], page_size)
+        yield out.tobytes()
+        pos = stop

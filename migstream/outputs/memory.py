@@ -1,9 +1,10 @@
 """Guest memory out of a stream: block files, the guest-physical image, an ELF core.
 
-Pages are copied in large slices: contiguous runs (mapped-ram, multifd
-payloads) with ``os.copy_file_range``; pages that sit between record headers
-with ``os.pwritev`` straight from the mapped stream, up to a thousand pages a
-call.  Zero and absent pages are never written: output files are sparse.
+Pages are copied an interval at a time (see :class:`PageMap`): intervals
+contiguous in their source (mapped-ram, multifd payloads) with
+``os.copy_file_range``; pages that sit between record headers by a strided
+gather into a reused buffer, one write per 8 MiB.  Zero and absent pages are
+never written: output files are sparse.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ import numpy as np
 from migstream.errors import MigstreamError, UsageError
 from migstream.outputs.info import multifd_hint
 from migstream.ram.layout import MemoryMap, Placement
-from migstream.ram.pagemap import CHANNEL_SHIFT, PageMap
+from migstream.ram.pagemap import DATA, FILL, PageMap
 
 if TYPE_CHECKING:
     from migstream.api import Stream
 
-_IOV_MAX = 1024
-_MAX_GAP = 64  # record header bytes between pages that are still read in one span
-_OFF_MASK = (1 << CHANNEL_SHIFT) - 1
+#: Bytes gathered per write for pages that sit between record headers.
+_CHUNK = 8 << 20
+#: Granule at which built pages are checked for zeros (their zero parts stay holes).
+_GRANULE = 4096
 
 
 def _copy(src_fd: int, src_off: int, out_fd: int, out_off: int, n: int) -> None:
@@ -47,14 +49,48 @@ def _copy(src_fd: int, src_off: int, out_fd: int, out_off: int, n: int) -> None:
         n -= done
 
 
-def _pwritev(fd: int, bufs: list[memoryview], offset: int, total: int) -> None:
-    done = os.pwritev(fd, bufs, offset)
-    if done != total:  # short write: finish the rest plainly
-        data = b"".join(bytes(b) for b in bufs)[done:]
-        while data:
-            n = os.pwrite(fd, data, offset + done)
-            data = data[n:]
-            done += n
+def _pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+
+
+def _write_nonzero(fd: int, data: bytes, offset: int) -> None:
+    """Write ``data`` at ``offset``, leaving its all-zero granules as holes."""
+    n = len(data)
+    g = _GRANULE if n % _GRANULE == 0 else n
+    arr = np.frombuffer(data, dtype=np.uint8).reshape(n // g, g)
+    used = arr.any(axis=1)
+    if not used.any():
+        return
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], used, [False])).astype(np.int8)))
+    view = memoryview(data)
+    for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
+        _pwrite_all(fd, view[a * g : b * g], offset + a * g)
+
+
+class _Staging:
+    """A reused buffer for gathered pages and fill bytes."""
+
+    def __init__(self, page_size: int) -> None:
+        self.page_size = page_size
+        self.pages = max(1, _CHUNK // page_size)
+        self._buf: bytearray | None = None
+        self._fill = -1
+
+    def buffer(self) -> bytearray:
+        if self._buf is None:
+            self._buf = bytearray(self.pages * self.page_size)
+        self._fill = -1
+        return self._buf
+
+    def filled(self, byte: int) -> bytearray:
+        buf = self.buffer()
+        if self._fill != byte:
+            np.frombuffer(buf, dtype=np.uint8)[:] = byte
+        self._fill = byte
+        return buf
 
 
 def write_block_range(
@@ -65,79 +101,45 @@ def write_block_range(
     out_fd: int,
     out_offset: int,
     progress: Callable[[int], None] | None = None,
+    staging: _Staging | None = None,
 ) -> int:
-    """Write pages ``[first_page, first_page + npages)`` of ``block`` at ``out_offset``; returns bytes."""
+    """Write pages ``[first_page, first_page + npages)`` of ``block`` at ``out_offset``; returns bytes.
+
+    Holes (zero pages, pages not in the stream) are not written.
+    """
     ps = pm.page_size
-    m = pm.maps[block][first_page : first_page + npages]
+    st = staging or _Staging(ps)
     written = 0
-    valid = m >= 0
-    if valid.any():
-        staging = bytearray(_IOV_MAX * (ps + _MAX_GAP))
-        edges = np.flatnonzero(np.diff(np.concatenate(([False], valid, [False])).astype(np.int8)))
-        for a, b in zip(edges[0::2].tolist(), edges[1::2].tolist()):
-            # Pages a..b-1 all have bytes; write them a chunk at a time, one channel per chunk.
-            for c0 in range(a, b, _IOV_MAX):
-                chunk = m[c0 : min(b, c0 + _IOV_MAX)]
-                channels = chunk >> CHANNEL_SHIFT
-                cuts = [0, *(np.flatnonzero(np.diff(channels)) + 1).tolist(), len(chunk)]
-                for x, y in zip(cuts[:-1], cuts[1:]):
-                    offs = (chunk[x:y] & _OFF_MASK).tolist()
-                    _write_pages(pm, int(channels[x]), offs, out_fd, out_offset + (c0 + x) * ps, staging)
-                    written += len(offs) * ps
-                    if progress is not None:
-                        progress(len(offs) * ps)
-    special = np.flatnonzero(m <= -3)
-    for i in special.tolist():
-        data = pm.special[-3 - int(m[i])]
-        if data.count(0) != len(data):
-            os.pwrite(out_fd, data, out_offset + i * ps)
-            written += len(data)
+    for p0, count, kind, ch, src, stride in pm.spans(block, first_page, npages):
+        dst = out_offset + (p0 - first_page) * ps
+        if kind == DATA and stride == ps:
+            s = pm.sources[ch]
+            _copy(s.fd, s.base + src, out_fd, dst, count * ps)  # contiguous in the source
+        elif kind == DATA:
+            _gather(pm.channel_buffer(ch), src, stride, count, out_fd, dst, st)
+        elif kind == FILL:
+            buf = st.filled(src)
+            for c0 in range(0, count, st.pages):
+                k = min(st.pages, count - c0)
+                _pwrite_all(out_fd, memoryview(buf)[: k * ps], dst + c0 * ps)
+        else:
+            _write_nonzero(out_fd, pm.built_page(src), dst)
+        written += count * ps
+        if progress is not None:
+            progress(count * ps)
     return written
 
 
-def _write_pages(
-    pm: PageMap, channel: int, offs: list[int], out_fd: int, dst: int, staging: bytearray
-) -> None:
-    """Pages whose bytes start at ``offs`` of one channel, to consecutive pages at ``dst``."""
-    ps = pm.page_size
-    src = pm.sources[channel]
-    lo, hi = offs[0], offs[-1] + ps
-    if hi - lo == len(offs) * ps and offs == list(range(lo, hi, ps)):
-        _copy(src.fd, src.base + lo, out_fd, dst, hi - lo)  # contiguous in the source: in-kernel copy
-        return
-    stride = offs[1] - lo if len(offs) > 1 else ps
-    if stride > ps and offs == list(range(lo, lo + len(offs) * stride, stride)):
-        # Pages at a fixed stride (between record headers): one strided gather, one write.
-        rows = np.ndarray(
-            (len(offs), ps), dtype=np.uint8, buffer=pm.channel_buffer(channel), offset=lo, strides=(stride, 1)
-        )
-        pages = np.frombuffer(staging, dtype=np.uint8, count=len(offs) * ps).reshape(len(offs), ps)
+def _gather(buf: memoryview, src: int, stride: int, count: int, out_fd: int, dst: int, st: _Staging) -> None:
+    """Pages at a fixed stride in ``buf`` (between record headers): gathered, one write per chunk."""
+    ps = st.page_size
+    staging = st.buffer()
+    for c0 in range(0, count, st.pages):
+        k = min(st.pages, count - c0)
+        rows = np.ndarray((k, ps), dtype=np.uint8, buffer=buf, offset=src + c0 * stride, strides=(stride, 1))
+        pages = np.frombuffer(staging, dtype=np.uint8, count=k * ps).reshape(k, ps)
         np.copyto(pages, rows)
-        _pwrite_all(out_fd, memoryview(staging)[: len(offs) * ps], dst)
-        return
-    if lo <= min(offs) and hi - lo <= len(staging) and max(offs) + ps <= hi:
-        # Dense (pages between record headers): one read of the span, then one gathered write.
-        view = memoryview(staging)[: hi - lo]
-        _pread_into(src.fd, view, src.base + lo)
-        _pwritev(out_fd, [view[o - lo : o - lo + ps] for o in offs], dst, len(offs) * ps)
-        return
-    buf = pm.channel_buffer(channel)
-    _pwritev(out_fd, [buf[o : o + ps] for o in offs], dst, len(offs) * ps)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(data):
-        done += os.pwrite(fd, data[done:], offset + done)
-
-
-def _pread_into(fd: int, view: memoryview, offset: int) -> None:
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n <= 0:
-            raise UsageError("source file shorter than its page index says")
-        done += n
+        _pwrite_all(out_fd, memoryview(staging)[: k * ps], dst + c0 * ps)
 
 
 def data_bytes(pm: PageMap, placements: Sequence[Placement]) -> int:
@@ -237,11 +239,14 @@ def write_placements(
     """Copy every placed block range to its ``gpa`` in the file (or to ``dest_of[gpa]``)."""
     ps = pm.page_size
     by_name = {b.name: b.index for b in pm.blocks}
+    staging = _Staging(ps)
     for p in placements:
         if p.block_offset % ps or p.size % ps:
             raise UsageError(f"placement of {p.block} is not page aligned")
         dest = p.gpa if dest_of is None else dest_of[p.gpa]
-        write_block_range(pm, by_name[p.block], p.block_offset // ps, p.size // ps, out_fd, dest, progress)
+        write_block_range(
+            pm, by_name[p.block], p.block_offset // ps, p.size // ps, out_fd, dest, progress, staging
+        )
 
 
 def _merged(placements: Sequence[Placement]) -> list[tuple[int, int]]:

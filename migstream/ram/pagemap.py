@@ -1,31 +1,39 @@
-"""Resolve page runs into the final content of every page (the last copy wins).
+"""The final content of every guest page: intervals of pages with one source each.
 
-For each RAM block a numpy array holds one entry per page:
+QEMU: migration/ram.c (ram_load_precopy, load_xbzrle, decompress_data_with_multi_threads)
 
-* ``>= 0``: the page's bytes are at that offset of a channel (bits 56+ = channel
-  number, 0 = main stream);
-* ``ZERO`` (-2): all zero (written as a hole); ``ABSENT`` (-1): never sent;
-* ``<= -3``: a page built here (XBZRLE result, decompressed page, non-zero
-  fill), kept in :attr:`PageMap.special`.
+:mod:`migstream.ram.intervals` resolves the runs (the last copy of a page
+wins) into, per block, sorted disjoint intervals of pages: bytes in a channel
+(page k at ``src + k * stride``), a fill byte, or one built page (an XBZRLE
+result or a compressed page).  Zero pages and pages never sent are holes.
+Memory is proportional to the runs, never to a block's size.
+
+Built pages are decoded when their bytes are asked for, from their records:
+an XBZRLE page from the page it applies to (itself possibly built), so a
+page never costs more work than the records that name it.  A few recently
+built pages are kept, within a byte budget.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from migstream.containers.source import Source
-from migstream.errors import LimitError, StreamFormatError
-from migstream.ram.model import PageKind, RamIndex
+from migstream.errors import StreamFormatError
+from migstream.ram.intervals import ABSENT, COMPRESS, DATA, FILL, XBZRLE, ZERO, Intervals, resolve
+from migstream.ram.model import RamIndex
 from migstream.ram.xbzrle import apply_xbzrle
 
-ABSENT = -1
-#: Pages indexed at the most (8 bytes each): guests of up to 4 TiB with 4 KiB pages.
-MAX_INDEXED_PAGES = 1 << 30
-ZERO = -2
-CHANNEL_SHIFT = 56
+#: Bytes of built pages kept for reuse.
+CACHE_BYTES = 32 << 20
+#: Intervals turned into Python numbers at a time.
+_SPAN_CHUNK = 4096
+
+__all__ = ["ABSENT", "COMPRESS", "DATA", "FILL", "XBZRLE", "ZERO", "PageMap", "Span", "inflate_page"]
 
 
 def inflate_page(data: bytes, page_size: int, offset: int) -> bytes:
@@ -48,6 +56,10 @@ def inflate_page(data: bytes, page_size: int, offset: int) -> bytes:
     return page
 
 
+#: An interval clipped to a page range: (first page, pages, kind, channel, src of its first page, stride).
+Span = tuple[int, int, int, int, int, int]
+
+
 class PageMap:
     """Final page sources of every block of a stream."""
 
@@ -61,131 +73,140 @@ class PageMap:
         POSTCOPY_RAM_DISCARD commands as (stream offset, block name, [(start, length), ...])."""
         self.ram = ram
         self.sources = tuple(sources)
-        self._discard_cmds = discards
         self.page_size = ram.page_size
         self.blocks = ram.blocks
-        self.maps = [np.full(n, ABSENT, dtype=np.int64) for n in self._index_lengths()]
-        self.special: list[bytes] = []
-        self.warnings: list[str] = []
-        self._fill_pages: dict[int, int] = {}
-        self._resolve()
+        self.index: Intervals = resolve(ram, discards)
+        self.warnings: list[str] = list(self.index.warnings)
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cached_bytes = 0
 
-    def _index_lengths(self) -> list[int]:
-        """Pages to index per block: up to the last page any record names (the rest was never sent)."""
-        runs = self.ram.runs
-        ends = [0] * len(self.blocks)
-        if len(runs):
-            block = np.frombuffer(runs.block, dtype=np.int64)
-            last = np.frombuffer(runs.addr, dtype=np.int64) // self.page_size + np.frombuffer(
-                runs.count, dtype=np.int64
+    # -- intervals ---------------------------------------------------------------------
+    def spans(self, block: int, first: int = 0, count: int | None = None) -> Iterator[Span]:
+        """The intervals of ``block`` that hold pages of ``[first, first + count)``, clipped to it."""
+        ix = self.index
+        lo, hi = ix.bounds[block], ix.bounds[block + 1]
+        end = ix.end[lo:hi]
+        a = lo + int(np.searchsorted(end, first, "right"))
+        if count is None:
+            b = hi
+            stop = 1 << 62
+        else:
+            stop = first + count
+            b = lo + int(np.searchsorted(ix.start[lo:hi], stop, "left"))
+        for c in range(a, b, _SPAN_CHUNK):
+            d = min(b, c + _SPAN_CHUNK)
+            cols = zip(
+                ix.start[c:d].tolist(),
+                ix.end[c:d].tolist(),
+                ix.kind[c:d].tolist(),
+                ix.channel[c:d].tolist(),
+                ix.src[c:d].tolist(),
+                ix.stride[c:d].tolist(),
             )
-            for bi in range(len(self.blocks)):
-                mine = last[block == bi]
-                if len(mine):
-                    ends[bi] = int(mine.max())
-        lengths = [min(e, -(-b.size // self.page_size)) for e, b in zip(ends, self.blocks)]
-        if sum(lengths) > MAX_INDEXED_PAGES:
-            raise LimitError(
-                "too much guest RAM named in the stream to index its pages",
-                expected=f"<= {MAX_INDEXED_PAGES} pages",
-                found=sum(lengths),
-            )
-        return lengths
+            for s, e, k, ch, src, st in cols:
+                s2, e2 = max(s, first), min(e, stop)
+                yield s2, e2 - s2, k, ch, src + (s2 - s) * st, st
 
-    # -- page bytes ------------------------------------------------------------
     def channel_buffer(self, channel: int) -> memoryview:
         return self.sources[channel].buffer
 
+    # -- page bytes --------------------------------------------------------------------------
+    def built_page(self, row: int) -> bytes:
+        """The bytes of built page ``row`` (an XBZRLE result or an inflated page)."""
+        hit = self._cache.get(row)
+        if hit is not None:
+            self._cache.move_to_end(row)
+            return hit
+        bt = self.index.built
+        ps = self.page_size
+        chain = [row]
+        while bt.kind[chain[-1]] == XBZRLE and bt.base_kind[chain[-1]] in (XBZRLE, COMPRESS):
+            nxt = int(bt.base_src[chain[-1]])
+            if nxt in self._cache:
+                break
+            chain.append(nxt)
+        last = chain[-1]
+        page: bytearray
+        if bt.kind[last] == COMPRESS:
+            page = bytearray(self._inflate(last))
+            chain.pop()
+        elif bt.base_kind[last] in (XBZRLE, COMPRESS):
+            page = bytearray(self._cache[int(bt.base_src[last])])
+        elif bt.base_kind[last] == DATA:
+            off = int(bt.base_src[last])
+            page = bytearray(self.channel_buffer(int(bt.base_channel[last]))[off : off + ps])
+        elif bt.base_kind[last] == FILL:
+            page = bytearray(bytes([int(bt.base_src[last])]) * ps)
+        else:
+            page = bytearray(ps)
+        for r in reversed(chain):
+            at = int(bt.data[r])
+            delta = bytes(self.channel_buffer(int(bt.channel[r]))[at : at + int(bt.length[r])])
+            try:
+                apply_xbzrle(delta, page)
+            except StreamFormatError as exc:
+                raise exc.located(offset=at, section="ram") from None
+        out = bytes(page)
+        self._remember(row, out)
+        return out
+
+    def _inflate(self, row: int) -> bytes:
+        bt = self.index.built
+        at = int(bt.data[row])
+        data = bytes(self.channel_buffer(int(bt.channel[row]))[at : at + int(bt.length[row])])
+        return inflate_page(data, self.page_size, at)
+
+    def _remember(self, row: int, data: bytes) -> None:
+        if len(data) > CACHE_BYTES:
+            return
+        self._cache[row] = data
+        self._cached_bytes += len(data)
+        while self._cached_bytes > CACHE_BYTES:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= len(old)
+
+    def read(self, block: int, offset: int, n: int) -> bytes:
+        """``n`` bytes of ``block`` from byte ``offset`` (holes read as zeros)."""
+        ps = self.page_size
+        out = bytearray(n)
+        if n <= 0:
+            return bytes(out)
+        end = offset + n
+        first = offset // ps
+        for p0, cnt, kind, ch, src, stride in self.spans(block, first, -(-end // ps) - first):
+            lo, hi = max(offset, p0 * ps), min(end, (p0 + cnt) * ps)
+            if kind == DATA and stride == ps:
+                a = src + (lo - p0 * ps)
+                out[lo - offset : hi - offset] = self.channel_buffer(ch)[a : a + hi - lo]
+            elif kind == FILL:
+                out[lo - offset : hi - offset] = bytes([src]) * (hi - lo)
+            else:
+                pos = lo
+                while pos < hi:
+                    page, within = divmod(pos, ps)
+                    take = min(ps - within, hi - pos)
+                    if kind == DATA:
+                        a = src + (page - p0) * stride + within
+                        out[pos - offset : pos - offset + take] = self.channel_buffer(ch)[a : a + take]
+                    else:
+                        out[pos - offset : pos - offset + take] = self.built_page(src)[within : within + take]
+                    pos += take
+        return bytes(out)
+
     def page_bytes(self, block: int, page: int) -> bytes:
-        m = self.maps[block]
-        v = int(m[page]) if page < len(m) else ABSENT
-        ps = self.page_size
-        if v >= 0:
-            ch, off = v >> CHANNEL_SHIFT, v & ((1 << CHANNEL_SHIFT) - 1)
-            return bytes(self.channel_buffer(ch)[off : off + ps])
-        if v <= -3:
-            return self.special[-3 - v]
-        return bytes(ps)
-
-    def _special(self, data: bytes) -> int:
-        self.special.append(data)
-        return -3 - (len(self.special) - 1)
-
-    # -- resolution --------------------------------------------------------------
-    def _resolve(self) -> None:
-        runs = self.ram.runs
-        ps = self.page_size
-        buf = self.sources[0].buffer
-        discards = self._discards()
-        di = 0
-        order = sorted(
-            range(len(runs)), key=lambda i: (runs.channel[i] != 0, runs.aux[i] if runs.channel[i] else 0, i)
-        )
-        for i in order:
-            ch = runs.channel[i]
-            if ch == 0:
-                while di < len(discards) and discards[di][0] < runs.offset[i]:
-                    self._discard(*discards[di][1:])
-                    di += 1
-            bi, addr, n, kind = runs.block[i], runs.addr[i], runs.count[i], runs.kind[i]
-            first = addr // ps
-            target = self.maps[bi][first : first + n]
-            n = len(target)
-            if kind in (PageKind.PAGE, PageKind.MAPPED, PageKind.MULTIFD):
-                start = runs.offset[i] + runs.skip[i]
-                target[:] = (np.arange(n, dtype=np.int64) * runs.stride[i] + start) | (ch << CHANNEL_SHIFT)
-            elif kind == PageKind.ZERO:
-                fill = runs.aux[i]
-                if fill == 0:
-                    target[:] = ZERO
-                else:
-                    if fill not in self._fill_pages:
-                        self._fill_pages[fill] = self._special(bytes([fill]) * ps)
-                    target[:] = self._fill_pages[fill]
-            elif kind == PageKind.MULTIFD_ZERO:
-                target[:] = ZERO
-            elif kind == PageKind.XBZRLE:
-                data_at = runs.offset[i] + runs.skip[i]
-                delta = bytes(buf[data_at : data_at + runs.aux[i]])
-                if target[0] == ABSENT:
-                    self.warnings.append(
-                        f"XBZRLE page at {self.blocks[bi].name}+{addr:#x} (stream offset "
-                        f"{runs.offset[i]:#x}) is encoded against a copy that is not in the "
-                        "stream; decoded against zeros"
-                    )
-                page = bytearray(self.page_bytes(bi, first))
-                try:
-                    apply_xbzrle(delta, page)
-                except StreamFormatError as exc:
-                    raise exc.located(offset=data_at, section="ram") from None
-                target[0] = self._special(bytes(page))
-            elif kind == PageKind.COMPRESS:
-                data_at = runs.offset[i] + runs.skip[i]
-                target[0] = self._special(
-                    inflate_page(bytes(buf[data_at : data_at + runs.aux[i]]), ps, data_at)
-                )
-        while di < len(discards):
-            self._discard(*discards[di][1:])
-            di += 1
-
-    def _discards(self) -> list[tuple[int, int, Sequence[Sequence[int]]]]:
-        by_name = {b.name: b.index for b in self.blocks}
-        return [
-            (offset, by_name[name], ranges) for offset, name, ranges in self._discard_cmds if name in by_name
-        ]
-
-    def _discard(self, bi: int, ranges: Sequence[Sequence[int]]) -> None:
-        ps = self.page_size
-        m = self.maps[bi]
-        for start, length in ranges:
-            m[start // ps : -(-(start + length) // ps)] = ABSENT
+        """The final bytes of one page."""
+        return self.read(block, page * self.page_size, self.page_size)
 
     # -- queries -------------------------------------------------------------------
     def data_bytes(self, block: int, first: int = 0, count: int | None = None) -> int:
         """Bytes of page data (not zero, not absent) among pages ``[first, first + count)`` of a block."""
-        m = self.maps[block][first : None if count is None else first + count]
-        return int((m >= 0).sum()) * self.page_size
+        ix = self.index
+        lo, hi = ix.bounds[block], ix.bounds[block + 1]
+        stop = (1 << 62) if count is None else first + count
+        s = np.clip(ix.start[lo:hi], first, stop)
+        e = np.clip(ix.end[lo:hi], first, stop)
+        return int((e - s).sum()) * self.page_size
 
     def present(self, block: int) -> bool:
-        """Whether any page of the block came in the stream."""
-        return bool((self.maps[block] != ABSENT).any())
+        """Whether any page of the block came in the stream (zero pages count)."""
+        return self.index.present[block]

@@ -7,7 +7,8 @@
 
 Bytes nobody wrote (zero pages, holes between RAM ranges, pages not in the
 stream) read as zeros.  Pages are resolved once (the last copy in the stream
-wins) and read straight from the mapped stream.
+wins) into intervals and read straight from the mapped stream, an interval
+at a time.
 """
 
 from __future__ import annotations
@@ -92,16 +93,7 @@ class BlockReader(_PagedReader):
         return self.closed or any(getattr(src, "closed", False) for src in self._pm.sources)
 
     def _read_at(self, offset: int, n: int) -> bytes:
-        ps = self._pm.page_size
-        out = bytearray()
-        end = offset + n
-        pos = offset
-        while pos < end:
-            page, within = divmod(pos, ps)
-            chunk = min(ps - within, end - pos)
-            out += self._pm.page_bytes(self._block, page)[within : within + chunk]
-            pos += chunk
-        return bytes(out)
+        return self._pm.read(self._block, offset, n)
 
 
 class PhysicalReader(_PagedReader):
