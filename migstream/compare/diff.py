@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from migstream.errors import UnsupportedError
-from migstream.ram.pagemap import CHANNEL_SHIFT
 from migstream.vmstate.values import Leaf, leaf_value
 
 if TYPE_CHECKING:
@@ -265,9 +264,8 @@ _Flags = np.ndarray[Any, np.dtype[np.bool_]]
 
 
 class _BlockChunks:
-    """Reads a RAM block in large chunks, gathering its pages with numpy from where the stream's
-    page map says each page is (no Python work per page, except re-encoded pages: XBZRLE,
-    compressed, filled)."""
+    """Reads a RAM block in large chunks through the page map's gather: one numpy copy per
+    interval of pages, no Python work per page (except built pages: XBZRLE, compressed)."""
 
     def __init__(self, stream: Stream, name: str, page_size: int) -> None:
         stream.block(name)  # checks the name
@@ -278,37 +276,14 @@ class _BlockChunks:
             )
         self.pm = pm
         self.ps = page_size
-        self.map = pm.maps[next(b.index for b in stream.ram_blocks if b.name == name)]
-        self.windows: dict[int, _Bytes] = {}
-
-    def _rows(self, channel: int) -> _Bytes:
-        """Every ``page_size`` window of a channel's bytes (a view: nothing is copied)."""
-        if channel not in self.windows:
-            buf = np.frombuffer(self.pm.channel_buffer(channel), dtype=np.uint8)
-            self.windows[channel] = np.lib.stride_tricks.sliding_window_view(buf, self.ps)
-        return self.windows[channel]
+        self.block = next(b.index for b in stream.ram_blocks if b.name == name)
 
     def read(self, pos: int, n: int) -> tuple[_Bytes, _Flags]:
         """``n`` bytes (whole pages) at block offset ``pos`` as a flat array, and which pages are zero."""
-        ps = self.ps
-        first, count = pos // ps, n // ps
-        m = self.map[first : first + count]
-        zero = np.ones(count, dtype=np.bool_)
-        zero[: len(m)] = (m < 0) & (m > -3)  # never sent, or sent as zero
-        if zero.all():
-            return _zeros(n), zero
-        out = np.zeros((count, ps), dtype=np.uint8)
-        data = np.flatnonzero(m >= 0)
-        if len(data):
-            where = m[data]
-            channels = where >> CHANNEL_SHIFT
-            offsets = where & ((1 << CHANNEL_SHIFT) - 1)
-            for ch in np.unique(channels):
-                sel = channels == ch
-                out[data[sel]] = self._rows(int(ch))[offsets[sel]]
-        for i in np.flatnonzero(m <= -3):  # pages decoded once by the page map
-            out[i] = np.frombuffer(self.pm.special[-3 - int(m[i])], dtype=np.uint8)
-        return out.reshape(-1), zero
+        pages, hole = self.pm.gather(self.block, pos // self.ps, n // self.ps)
+        if hole.all():
+            return _zeros(n), hole
+        return pages.reshape(-1), hole
 
 
 _ZEROS: list[_Bytes] = []

@@ -165,33 +165,36 @@ class PageMap:
             _, old = self._cache.popitem(last=False)
             self._cached_bytes -= len(old)
 
+    def gather(self, block: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pages ``[first, first + count)`` of ``block`` as a ``(count, page_size)`` uint8 array, and a
+        flag per page that is True for holes (zero pages, pages never sent).  One numpy copy per
+        interval: strided gathers for pages between record headers."""
+        ps = self.page_size
+        out = np.zeros((count, ps), dtype=np.uint8)
+        hole = np.ones(count, dtype=np.bool_)
+        for p0, cnt, kind, ch, src, stride in self.spans(block, first, count):
+            i = p0 - first
+            hole[i : i + cnt] = False
+            if kind == DATA:
+                rows = np.ndarray(
+                    (cnt, ps), dtype=np.uint8, buffer=self.channel_buffer(ch), offset=src, strides=(stride, 1)
+                )
+                out[i : i + cnt] = rows
+            elif kind == FILL:
+                out[i : i + cnt] = src
+            else:
+                out[i : i + cnt] = np.frombuffer(self.built_page(src), dtype=np.uint8)
+        return out, hole
+
     def read(self, block: int, offset: int, n: int) -> bytes:
         """``n`` bytes of ``block`` from byte ``offset`` (holes read as zeros)."""
-        ps = self.page_size
-        out = bytearray(n)
         if n <= 0:
-            return bytes(out)
-        end = offset + n
+            return b""
+        ps = self.page_size
         first = offset // ps
-        for p0, cnt, kind, ch, src, stride in self.spans(block, first, -(-end // ps) - first):
-            lo, hi = max(offset, p0 * ps), min(end, (p0 + cnt) * ps)
-            if kind == DATA and stride == ps:
-                a = src + (lo - p0 * ps)
-                out[lo - offset : hi - offset] = self.channel_buffer(ch)[a : a + hi - lo]
-            elif kind == FILL:
-                out[lo - offset : hi - offset] = bytes([src]) * (hi - lo)
-            else:
-                pos = lo
-                while pos < hi:
-                    page, within = divmod(pos, ps)
-                    take = min(ps - within, hi - pos)
-                    if kind == DATA:
-                        a = src + (page - p0) * stride + within
-                        out[pos - offset : pos - offset + take] = self.channel_buffer(ch)[a : a + take]
-                    else:
-                        out[pos - offset : pos - offset + take] = self.built_page(src)[within : within + take]
-                    pos += take
-        return bytes(out)
+        pages, _hole = self.gather(block, first, -(-(offset + n) // ps) - first)
+        start = offset - first * ps
+        return pages.reshape(-1)[start : start + n].tobytes()
 
     def page_bytes(self, block: int, page: int) -> bytes:
         """The final bytes of one page."""
