@@ -1,0 +1,232 @@
+"""The hostile-input target shared by the in-process sweeps and the fuzzer.
+
+:func:`exercise` drives one input through everything a user of the package
+can reach without writing files: ``migstream.open`` -> ``records`` -> device
+state walk -> ``cpus()`` -> ``sections`` -> ``pagemap`` -> ``block(name)``
+reads -> ``physical().pread`` -> the JSON builders of ``migstream.outputs``
+(``info_json``, ``state_document``, ``render_state``), each serialised with
+``json.dumps``.  Every step may succeed or raise a ``MigstreamError``; anything
+else escapes :func:`exercise` with a note naming the step.
+
+:func:`slim_stream` makes small fuzz seeds out of real streams: it keeps every
+top-level record and drops the RAM page records of each block after its
+first few, using the package's own record and page-run offsets.
+
+Run as a script it is an atheris (libFuzzer) target::
+
+    python tests/fuzz_target.py CORPUS_DIR [SEED_DIR...] -max_total_time=60 -artifact_prefix=DIR/
+
+``bench/fuzz.py`` drives it (seeds, restarts after a finding, summary).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+#: Bytes read per block or physical read (a few pages: reads stay cheap on any input).
+READ_SIZE = 3 * 4096
+#: ``render_state(memory=True)`` lists every page record in hex: only for inputs up to this size.
+MEMORY_LISTING_LIMIT = 1 << 20
+
+
+class Hang(BaseException):
+    """Raised by the SIGALRM handler of :func:`time_limit` (no ``except Exception`` catches it)."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`Hang` in the running code when it takes longer than ``seconds`` (CPU-bound code too)."""
+
+    def on_alarm(signum: int, frame: FrameType | None) -> None:
+        raise Hang(f"no result within {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@dataclass
+class Outcome:
+    """What :func:`exercise` saw: steps that completed and the MigstreamErrors of those that did not."""
+
+    done: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def _read_points(size: int, page: int) -> list[int]:
+    """A few offsets of a ``size``-byte space: start, a page in, middle, the last pages, past the end."""
+    points = {0, page, size // 2, max(0, size - page), max(0, size - 1), size, size + page}
+    return sorted(points)
+
+
+def exercise(data: bytes, *, memory_listing: bool | None = None) -> Outcome:
+    """Run ``data`` through the package; raise anything that is not a MigstreamError.
+
+    An exception that escapes carries a note ``in step <name>``.
+    """
+    import migstream
+    from migstream.errors import MigstreamError
+    from migstream.outputs.analyze_migration import render_state
+    from migstream.outputs.info import info_json
+    from migstream.outputs.state_json import state_document
+
+    out = Outcome()
+    if memory_listing is None:
+        memory_listing = len(data) <= MEMORY_LISTING_LIMIT
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            result = fn()
+        except MigstreamError as exc:
+            out.errors[name] = f"{type(exc).__name__}: {exc}"
+            return None
+        except BaseException as exc:
+            exc.add_note(f"in step {name}")
+            raise
+        out.done.append(name)
+        return result
+
+    stream = step("open", lambda: migstream.open(io.BytesIO(data)))
+    if stream is None:
+        return out
+    with stream:
+        step("records", lambda: json.dumps([r.to_json() for r in stream.records]))
+        step("devices", lambda: [list(d.walk()) for d in stream.devices])
+        step("cpus", lambda: [c.to_json() for c in stream.cpus()])
+        step("sections", lambda: json.dumps([s.to_json() for s in stream.sections]))
+        pm = step("pagemap", stream.pagemap)
+        if pm is not None:
+            page = stream.page_size
+            for b in stream.ram_blocks:
+
+                def read_block(name: str = b.name) -> None:
+                    reader = stream.block(name)
+                    for at in _read_points(reader.size, page):
+                        reader.pread(at, READ_SIZE)
+                    reader.seek(0)
+                    reader.read(page)
+
+                step(f"block {b.name!r}", read_block)
+
+            def read_physical() -> None:
+                phys = stream.physical()
+                starts = {p.gpa for p in phys.memory_map.placements[:8]}
+                for at in sorted({*starts, *_read_points(phys.size, page)}):
+                    phys.pread(at, READ_SIZE)
+
+            step("physical", read_physical)
+        step("info_json", lambda: json.dumps(info_json(stream)))
+        step("state_document", lambda: json.dumps(state_document(stream)))
+        step("render_state", lambda: json.dumps(render_state(stream, memory=memory_listing)))
+    return out
+
+
+# -- seeds ---------------------------------------------------------------------------------------------
+
+
+def page_record_ranges(stream: Any) -> list[tuple[int, int, int]]:
+    """``(start, end, block)`` of every RAM page record in the main stream, in stream order."""
+    from migstream.ram.model import PageKind
+
+    out: list[tuple[int, int, int]] = []
+    for run in stream.parsed.ram.runs:
+        if run.channel != 0 or run.kind in (PageKind.MAPPED, PageKind.MULTIFD, PageKind.MULTIFD_ZERO):
+            continue
+        if run.kind in (PageKind.PAGE, PageKind.ZERO):
+            out.extend(
+                (run.stream_offset + k * run.stride, run.stream_offset + (k + 1) * run.stride, run.block)
+                for k in range(run.count)
+            )
+        else:  # XBZRLE, COMPRESS: one record, aux bytes of data after data_skip
+            out.append((run.stream_offset, run.stream_offset + run.data_skip + run.aux, run.block))
+    out.sort()
+    return out
+
+
+def slim_stream(data: bytes, keep_per_block: int = 4) -> bytes:
+    """``data`` with all but the first ``keep_per_block`` page records of each RAM block dropped.
+
+    Every top-level record (header, configuration, device sections, commands,
+    EOF, description) is kept.  A record that continues a block (CONTINUE flag)
+    is only kept when the page record before it is, so the result is a valid
+    stream.  Page records inside a PACKAGED payload are kept (its length would
+    change).
+    """
+    import migstream
+
+    with migstream.open(io.BytesIO(data)) as s:
+        packaged = [
+            (r.payload_offset, r.end)
+            for r in s.records
+            if r.command == "PACKAGED" and r.payload_offset is not None
+        ]
+        pages = page_record_ranges(s)
+    seen: dict[int, int] = {}
+    drop: list[tuple[int, int]] = []
+    for start, end, block in pages:
+        n = seen[block] = seen.get(block, 0) + 1
+        if n <= keep_per_block or any(lo <= start < hi for lo, hi in packaged):
+            continue
+        if drop and drop[-1][1] == start:
+            drop[-1] = (drop[-1][0], end)
+        else:
+            drop.append((start, end))
+    parts: list[bytes] = []
+    pos = 0
+    for start, end in drop:
+        parts.append(data[pos:start])
+        pos = end
+    parts.append(data[pos:])
+    return b"".join(parts)
+
+
+# -- atheris entry point --------------------------------------------------------------------------------
+
+#: Per-input time limit inside the fuzzer (libFuzzer's own -timeout is the backstop).
+FUZZ_INPUT_SECONDS = 5.0
+
+
+def fuzz_one(data: bytes) -> None:
+    """The libFuzzer callback: any exception that is not a MigstreamError is a finding."""
+    with time_limit(FUZZ_INPUT_SECONDS):
+        exercise(data, memory_listing=len(data) <= 1 << 16)
+
+
+def _instrumented_imports() -> None:
+    import atheris
+
+    with atheris.instrument_imports(include=["migstream"]):
+        import importlib
+        import pkgutil
+
+        import migstream
+
+        for mod in pkgutil.walk_packages(migstream.__path__, "migstream."):
+            if not mod.name.startswith("migstream.cli"):
+                importlib.import_module(mod.name)
+
+
+def main(argv: list[str]) -> None:
+    import atheris
+
+    _instrumented_imports()
+    atheris.Setup(argv, fuzz_one)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main(sys.argv)
