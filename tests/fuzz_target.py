@@ -193,16 +193,27 @@ def slim_stream(data: bytes, keep_per_block: int = 4) -> bytes:
     return b"".join(parts)
 
 
-# -- atheris entry point --------------------------------------------------------------------------------
+# -- fuzzer entry point ---------------------------------------------------------------------------------
 
 #: Per-input time limit inside the fuzzer (libFuzzer's own -timeout is the backstop).
 FUZZ_INPUT_SECONDS = 5.0
+#: Address space the fuzzing process may add to what it had at start (a MemoryError is a finding).
+FUZZ_HEADROOM = 2 << 30
 
 
 def fuzz_one(data: bytes) -> None:
     """The libFuzzer callback: any exception that is not a MigstreamError is a finding."""
     with time_limit(FUZZ_INPUT_SECONDS):
         exercise(data, memory_listing=len(data) <= 1 << 16)
+
+
+def _limit_memory() -> None:
+    import resource
+
+    with open("/proc/self/status") as f:
+        vm = next((int(x.split()[1]) * 1024 for x in f if x.startswith("VmSize:")), 0)
+    if vm:
+        resource.setrlimit(resource.RLIMIT_AS, (vm + FUZZ_HEADROOM, vm + FUZZ_HEADROOM))
 
 
 def _instrumented_imports() -> None:
@@ -215,14 +226,101 @@ def _instrumented_imports() -> None:
         import migstream
 
         for mod in pkgutil.walk_packages(migstream.__path__, "migstream."):
-            if not mod.name.startswith("migstream.cli"):
+            if not mod.name.startswith(("migstream.cli", "migstream.__main__")):
                 importlib.import_module(mod.name)
 
 
+# The pure-Python engine: same command line and output conventions as libFuzzer (for the
+# options bench/fuzz.py passes), random mutations of the corpus, no coverage feedback.
+
+_INTERESTING = [
+    b"\xff",
+    b"\xff\xff",
+    b"\xff\xff\xff\xff",
+    b"\x7f\xff\xff\xff",
+    b"\x80\x00\x00\x00",
+    b"\0" * 4,
+    b"\xff" * 8,
+    b"\x7f" + b"\xff" * 7,
+    b"\x00\x00\x01\x00\x00\x00\x00\x00",
+]
+
+
+def _mutate(rng: Any, data: bytes, pool: list[bytes], max_len: int) -> bytes:
+    b = bytearray(data)
+    for _ in range(rng.randrange(1, 5)):
+        op = rng.randrange(7)
+        pos = rng.randrange(len(b) + 1)
+        if op == 0 and b:  # flip a bit
+            pos = min(pos, len(b) - 1)
+            b[pos] ^= 1 << rng.randrange(8)
+        elif op == 1 and b:  # random byte
+            b[min(pos, len(b) - 1)] = rng.randrange(256)
+        elif op == 2:  # an interesting integer
+            v = rng.choice(_INTERESTING)
+            b[pos : pos + len(v)] = v
+        elif op == 3:  # erase
+            del b[pos : pos + rng.randrange(1, 64)]
+        elif op == 4:  # insert random bytes
+            b[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 16)))
+        elif op == 5 and b:  # copy a part of itself
+            src = rng.randrange(len(b))
+            b[pos:pos] = b[src : src + rng.randrange(1, 512)]
+        elif op == 6 and pool:  # cross over with another input
+            other = rng.choice(pool)
+            cut = rng.randrange(len(other) + 1)
+            b[pos:] = other[cut:]
+    return bytes(b[:max_len])
+
+
+def random_engine(argv: list[str]) -> int:
+    """``fuzz_target.py --random DIR... -max_total_time=N -artifact_prefix=P [-max_len=N] [-seed=N]``."""
+    import hashlib
+    import random
+    import time
+    import traceback
+
+    opts = {a[1:].split("=", 1)[0]: a.split("=", 1)[1] for a in argv if a.startswith("-") and "=" in a}
+    dirs = [Path(a) for a in argv if not a.startswith("-")]
+    pool = [p.read_bytes() for d in dirs if d.is_dir() for p in sorted(d.iterdir()) if p.is_file()]
+    if not pool:
+        pool = [b"QEVM\0\0\0\3"]
+    max_len = int(opts.get("max_len", max(len(x) for x in pool)))
+    rng = random.Random(int(opts.get("seed", "0")))
+    stop = time.monotonic() + float(opts.get("max_total_time", "60"))
+    prefix = opts.get("artifact_prefix", "./")
+    _limit_memory()
+    print(f"INFO: pure-Python engine, {len(pool)} inputs, max_len {max_len}", flush=True)
+    runs = 0
+    started = time.monotonic()
+    code = 0
+    while time.monotonic() < stop:
+        data = pool[runs % len(pool)] if runs < len(pool) else _mutate(rng, rng.choice(pool), pool, max_len)
+        runs += 1
+        try:
+            fuzz_one(data)
+        except (Exception, Hang) as exc:  # noqa: BLE001 - every other exception is a finding
+            print("\n=== Uncaught Python exception: ===", flush=True)
+            traceback.print_exception(exc, file=sys.stdout)
+            path = f"{prefix}crash-{hashlib.sha1(data).hexdigest()}"
+            Path(path).write_bytes(data)
+            print(f"artifact_prefix='{prefix}'; Test unit written to {path}", flush=True)
+            code = 1
+            break
+    took = max(time.monotonic() - started, 1e-9)
+    print(f"Done {runs} runs in {took:.0f} second(s)")
+    print(f"stat::number_of_executed_units: {runs}")
+    print(f"stat::average_exec_per_sec:     {int(runs / took)}")
+    return code
+
+
 def main(argv: list[str]) -> None:
+    if "--random" in argv:
+        sys.exit(random_engine([a for a in argv[1:] if a != "--random"]))
     import atheris
 
     _instrumented_imports()
+    _limit_memory()
     atheris.Setup(argv, fuzz_one)
     atheris.Fuzz()
 
