@@ -25,7 +25,7 @@ import io
 import json
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +72,8 @@ def _read_points(size: int, page: int) -> list[int]:
     return sorted(points)
 
 
-def exercise(data: bytes, *, memory_listing: bool | None = None) -> Outcome:
-    """Run ``data`` through the package; raise anything that is not a MigstreamError.
+def exercise(data: bytes, *, channels: Sequence[bytes] = (), memory_listing: bool | None = None) -> Outcome:
+    """Run ``data`` (and multifd ``channels``) through the package; raise anything but a MigstreamError.
 
     An exception that escapes carries a note ``in step <name>``.
     """
@@ -99,7 +99,9 @@ def exercise(data: bytes, *, memory_listing: bool | None = None) -> Outcome:
         out.done.append(name)
         return result
 
-    stream = step("open", lambda: migstream.open(io.BytesIO(data)))
+    stream = step(
+        "open", lambda: migstream.open(io.BytesIO(data), channels=[io.BytesIO(c) for c in channels])
+    )
     if stream is None:
         return out
     with stream:
@@ -191,6 +193,47 @@ def slim_stream(data: bytes, keep_per_block: int = 4) -> bytes:
         pos = end
     parts.append(data[pos:])
     return b"".join(parts)
+
+
+def channel_packets(data: bytes, page_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of the packets of an uncompressed multifd channel capture, as far as they parse."""
+    from migstream.wire import constants as c
+
+    header = c.MULTIFD_PACKET_HEADER_SIZE + 8 * (c.MULTIFD_PACKET_BYTES // page_size)
+    out: list[tuple[int, int]] = []
+    pos = c.MULTIFD_INITIAL_PACKET_SIZE
+    while pos + header <= len(data):
+        normal = int.from_bytes(data[pos + 16 : pos + 20], "big")
+        end = pos + header + normal * page_size
+        if end > len(data):
+            break
+        out.append((pos, end))
+        pos = end
+    return out
+
+
+def slim_channel(data: bytes, page_size: int, packets: int = 8, pages: int = 4) -> bytes:
+    """The initial packet and the first ``packets`` packets of an uncompressed multifd channel
+    capture, each cut to its first ``pages`` normal pages (count, size and offset list rewritten)."""
+    import struct
+
+    from migstream.wire import constants as c
+
+    slots = c.MULTIFD_PACKET_BYTES // page_size
+    header = c.MULTIFD_PACKET_HEADER_SIZE + 8 * slots
+    out = bytearray(data[: c.MULTIFD_INITIAL_PACKET_SIZE])
+    for start, _end in channel_packets(data, page_size)[:packets]:
+        head = bytearray(data[start : start + header])
+        normal, zero = struct.unpack_from(">I", head, 16)[0], struct.unpack_from(">I", head, 32)[0]
+        keep = min(normal, pages)
+        offsets = head[c.MULTIFD_PACKET_HEADER_SIZE :]
+        listed = offsets[: 8 * keep] + offsets[8 * normal : 8 * (normal + zero)]
+        head[c.MULTIFD_PACKET_HEADER_SIZE :] = listed + bytes(8 * slots - len(listed))
+        struct.pack_into(">I", head, 16, keep)
+        if normal:
+            struct.pack_into(">I", head, 20, keep * page_size)
+        out += head + data[start + header : start + header + keep * page_size]
+    return bytes(out)
 
 
 # -- fuzzer entry point ---------------------------------------------------------------------------------

@@ -40,7 +40,16 @@ from pathlib import Path
 import pytest
 from builder import StreamBuilder
 from conftest import CorpusCache
-from fuzz_target import Hang, Outcome, exercise, page_record_ranges, slim_stream, time_limit
+from fuzz_target import (
+    Hang,
+    Outcome,
+    channel_packets,
+    exercise,
+    page_record_ranges,
+    slim_channel,
+    slim_stream,
+    time_limit,
+)
 from test_records_cli import (
     compress_stream,
     every_command_stream,
@@ -55,6 +64,12 @@ from test_records_cli import (
 )
 
 import migstream
+from migstream.wire.constants import (
+    MULTIFD_INITIAL_PACKET_SIZE,
+    MULTIFD_MAGIC,
+    MULTIFD_PACKET_BYTES,
+    MULTIFD_VERSION,
+)
 
 SEED = os.environ.get("MIGSTREAM_SWEEP_SEED", "0")
 MUTANTS = int(os.environ.get("MIGSTREAM_SWEEP_MUTANTS", "120"))  # random mutants per input
@@ -141,6 +156,15 @@ class Input:
     records: list[tuple[int, int]] = field(default_factory=list)  # top-level (start, end)
     pages: list[int] = field(default_factory=list)  # RAM page record starts
     desc: tuple[int, int, int] | None = None  # VMDESCRIPTION (record, json start, json end)
+    #: When ``data`` is multifd channel 1: the main stream and the other channels it goes with.
+    main: bytes | None = None
+    channels: tuple[bytes, ...] = ()
+
+    def run(self, data: bytes) -> Outcome:
+        """``exercise`` a mutant of ``data`` (with the main stream and channels it belongs to)."""
+        if self.main is None:
+            return exercise(data, channels=self.channels)
+        return exercise(self.main, channels=(data, *self.channels))
 
     @classmethod
     def of(cls, name: str, data: bytes) -> Input:
@@ -257,7 +281,7 @@ def _run_child(inp: Input, muts: Sequence[Mutation], repro_dir: Path, report: in
         data = m.apply(inp.data)
         try:
             with time_limit(MUTANT_SECONDS):
-                o = exercise(data)
+                o = inp.run(data)
             key = "ok" if not o.errors else "MigstreamError in " + next(iter(o.errors))
             outcomes[key] = outcomes.get(key, 0) + 1
         except (Exception, Hang) as exc:  # noqa: BLE001 - anything but a MigstreamError is a finding
@@ -459,14 +483,70 @@ def test_corpus_stream_sweep(stream_id: str, corpus: CorpusCache, tmp_path: Path
 
 
 # ---------------------------------------------------------------------------
+# multifd channel captures (the first few packets), mutated next to their main stream
+
+MULTIFD_STREAMS = ["qemu-10.0/pc-tcp-multifd", "qemu-7.2/pc-tcp-multifd"]
+
+
+@pytest.mark.parametrize("stream_id", MULTIFD_STREAMS)
+def test_multifd_channel_sweep(stream_id: str, corpus: CorpusCache, tmp_path: Path) -> None:
+    main = corpus.raw(stream_id).read_bytes()
+    ps = 4096
+    ch1, ch2 = (slim_channel(corpus.raw(stream_id, f"multifd-{i}.bin").read_bytes(), ps) for i in (1, 2))
+    assert not exercise(main, channels=(ch1, ch2)).errors  # the slimmed captures read cleanly
+    inp = Input(f"multifd:{stream_id}:channel-1", ch1, main=main, channels=(ch2,))
+    inp.records = channel_packets(ch1, ps)
+    assert len(inp.records) >= 3
+    inp.records.insert(0, (0, inp.records[0][0]))  # the initial packet
+    sweep(inp, tmp_path)
+
+
+# ---------------------------------------------------------------------------
 # regressions: inputs the sweeps or the fuzzer once broke
 
-REGRESSIONS: list[tuple[str, Mutation]] = []
+REGRESSIONS: list[tuple[str, Mutation]] = [
+    # Cut inside a section's first record: the section is named but has no record (IndexError).
+    ("precopy", Mutation("truncate", (0x2C,))),
+]
+
+
+def multifd_channel(packets: Sequence[tuple[int, str, Sequence[int]]], ps: int = 4096) -> bytes:
+    """A multifd channel capture: initial packet, then (packet_num, block, page offsets) packets."""
+    slots = MULTIFD_PACKET_BYTES // ps
+    out = bytearray(
+        struct.pack(">II", MULTIFD_MAGIC, MULTIFD_VERSION).ljust(MULTIFD_INITIAL_PACKET_SIZE, b"\0")
+    )
+    for num, block, offsets in packets:
+        n = len(offsets)
+        head = struct.pack(">IIIIIIQI", MULTIFD_MAGIC, MULTIFD_VERSION, 0, slots, n, n * ps, num, 0)
+        head = head.ljust(64, b"\0") + block.encode().ljust(256, b"\0")
+        head += b"".join(struct.pack(">Q", o) for o in offsets).ljust(8 * slots, b"\0")
+        out += head + bytes(range(256)) * (16 * n)
+    return bytes(out)
+
+
+@pytest.mark.parametrize(
+    ("packets", "words"),
+    [
+        ([((1 << 64) - 1, "pc.ram", [0])], "packet number"),  # once an OverflowError in the run table
+        ([(1, "pc.ram", [(1 << 64) - 4096])], "outside its block"),  # once read as a negative offset
+    ],
+    ids=["packet-num-2**64-1", "page-offset-2**64-4096"],
+)
+def test_regression_multifd_packet_fields(packets: list[tuple[int, str, list[int]]], words: str) -> None:
+    main = precopy_stream().data()
+    good = multifd_channel([(1, "pc.ram", [5 * 4096])])
+    assert not exercise(main, channels=(good,)).errors  # the channel builder writes valid captures
+    with _open(main) as s:
+        assert s.block("pc.ram").pread(5 * 4096, 16) == bytes(16)
+    with migstream.open(io.BytesIO(main), channels=[io.BytesIO(good)]) as s:
+        assert s.block("pc.ram").pread(5 * 4096, 16) == bytes(range(16))
+    out = exercise(main, channels=(multifd_channel(packets),))
+    assert words in out.errors.get("open", ""), out.errors
 
 
 @pytest.mark.parametrize(
     ("recipe", "mutation"), REGRESSIONS, ids=[f"{r}-{m.describe()}" for r, m in REGRESSIONS]
 )
 def test_regression(recipe: str, mutation: Mutation) -> None:
-    data = mutation.apply(RECIPES[recipe]().data())
-    exercise(data)
+    exercise(mutation.apply(RECIPES[recipe]().data()))  # raises unless only MigstreamErrors
