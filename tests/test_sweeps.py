@@ -113,6 +113,9 @@ class Mutation:
         if k == "desc-number":  # the JSON number at a[1] in the description at a[0] := a[2]
             rec, pos, value = a
             return _replace_desc_number(data, rec, pos, value)
+        if k == "desc-field":  # field object a[1] of the description at a[0]: apply DESC_CHANGES[a[2]]
+            rec, index, change = a
+            return _change_desc_field(data, rec, index, DESC_CHANGES[change])
         raise ValueError(f"unknown mutation {k}")
 
     def describe(self) -> str:
@@ -132,6 +135,79 @@ def _replace_desc_number(data: bytes, rec: int, pos: int, value: int) -> bytes:
     out = data[:pos] + text + data[m.end() :]
     new_length = length + len(text) - (m.end() - pos)
     return out[: rec + 1] + struct.pack(">I", new_length & 0xFFFFFFFF) + out[rec + 5 :]
+
+
+_DELETE = object()
+#: Changes of one field object of the JSON description (key -> new value, or _DELETE).
+DESC_CHANGES: list[dict[str, object]] = [
+    *(
+        {"type": t}
+        for t in (
+            "struct",
+            "uint64",
+            "int32 equal",
+            "bool",
+            "nullptr",
+            "capability",
+            "vstruct",
+            "tmp",
+            "buffer",
+            "unused_buffer",
+            "float64",
+            "timer",
+            "no-such-type",
+            7,
+        )
+    ),
+    *({"size": v} for v in (0, 1, 3, 9, 1 << 20, 1 << 40, -1, "4", None, True)),
+    *({"array_len": v} for v in (0, 2, 1 << 20, 1 << 31, -1, "2", 2.5)),
+    {"size": 0, "array_len": 1 << 20},
+    {"size": 0, "array_len": 100_000, "type": "struct", "struct": {"fields": []}},
+    {"type": "struct", "struct": {}},
+    {"type": "struct", "struct": "x"},
+    {"type": "struct", "struct": {"fields": [{}]}},
+    {"type": "struct", "struct": {"fields": "x", "subsections": [{}]}},
+    {"type": "struct", "size": 1, "array_len": 3, "struct": {"fields": []}},
+    {"type": "vstruct", "fields": [{"name": "a", "type": "uint64", "size": 8}]},
+    {"type": "vstruct", "fields": "x"},
+    {"fields": [1, 2]},
+    {"subsections": [{"vmsd_name": "x", "fields": []}]},
+    {"name": _DELETE},
+    {"type": _DELETE},
+    {"size": _DELETE},
+    {"name": 5},
+]
+
+
+def _field_objects(node: object, out: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Every object of the description that has a "name" or "type" key, depth first."""
+    if isinstance(node, dict):
+        if "name" in node or "type" in node:
+            out.append(node)
+        for v in node.values():
+            _field_objects(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _field_objects(v, out)
+    return out
+
+
+def _change_desc_field(data: bytes, rec: int, index: int, change: dict[str, object]) -> bytes:
+    """Rewrite the VMDESCRIPTION record at ``rec`` with field object ``index`` changed."""
+    (length,) = struct.unpack_from(">I", data, rec + 1)
+    end = rec + 5 + length
+    doc = json.loads(data[rec + 5 : end])
+    fields = _field_objects(doc, [])
+    if not fields:
+        return data
+    target = fields[index % len(fields)]
+    for key, value in change.items():
+        if value is _DELETE:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    text = json.dumps(doc).encode()
+    return data[: rec + 1] + struct.pack(">I", len(text)) + text + data[end:]
 
 
 HUGE_VALUES = [
@@ -204,7 +280,7 @@ def mutants(inp: Input, n: int = MUTANTS, seed: str = SEED) -> list[Mutation]:
 
     kinds = ["truncate", "xor1", "xorN", "huge", "huge", "duplicate", "swap", "delete"]
     if inp.desc is not None:
-        kinds += ["desc-number", "desc-number"]
+        kinds += ["desc-number", "desc-number", "desc-field", "desc-field", "desc-field"]
     for i in range(n):
         near = i % 2 == 0
         kind = rng.choice(kinds)
@@ -230,6 +306,12 @@ def mutants(inp: Input, n: int = MUTANTS, seed: str = SEED) -> list[Mutation]:
                 out.append(Mutation("swap", (s, m, e)))
             else:
                 out.append(Mutation("duplicate", (s, m)))
+        elif kind == "desc-field" and inp.desc is not None:
+            out.append(
+                Mutation(
+                    "desc-field", (inp.desc[0], rng.randrange(1 << 16), rng.randrange(len(DESC_CHANGES)))
+                )
+            )
         elif kind == "desc-number" and inp.desc is not None:
             rec, lo, hi = inp.desc
             numbers = [m.start() for m in _NUMBER.finditer(data, lo, hi)]
