@@ -592,6 +592,41 @@ REGRESSIONS: list[tuple[str, Mutation]] = [
 ]
 
 
+def many_names_stream(section: str, n: int) -> bytes:
+    """A live section whose ``n`` records each name another block device or dirty bitmap."""
+    b = StreamBuilder()
+    b.header()
+    b.configuration("pc-i440fx-7.2")
+    b.section_start(1, section, 0, 1)
+    for i in range(n):
+        if section == "block":
+            b.block_chunk(f"drive{i}", i, None)
+        else:
+            b.dirty_bitmap_complete("disk0", f"bitmap{i}")
+    if section == "block":
+        b.block_eos()
+    else:
+        b.dirty_bitmap_eos()
+    b.eof()
+    b.vmdescription()
+    return b.data()
+
+
+@pytest.mark.parametrize("section", ["block", "dirty-bitmap"])
+def test_regression_many_distinct_names_stay_linear(section: str) -> None:
+    """Each new name was looked up in a list: 100k names (1.5 MB) took about a minute."""
+    data = many_names_stream(section, 100_000)
+    with time_limit(MUTANT_SECONDS):
+        out = exercise(data)
+    assert not out.errors, out.errors
+    with _open(data) as s:
+        (live,) = s.parsed.live_sections
+        names = live.summaries[0][2]["devices" if section == "block" else "bitmaps"]
+        assert len(names) == 100_000 and names[:2] == (
+            ["drive0", "drive1"] if section == "block" else ["bitmap0", "bitmap1"]
+        )
+
+
 def multifd_channel(packets: Sequence[tuple[int, str, Sequence[int]]], ps: int = 4096) -> bytes:
     """A multifd channel capture: initial packet, then (packet_num, block, page offsets) packets."""
     slots = MULTIFD_PACKET_BYTES // ps
