@@ -31,6 +31,8 @@ import re
 import resource
 import signal
 import struct
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -581,6 +583,33 @@ def test_multifd_channel_sweep(stream_id: str, corpus: CorpusCache, tmp_path: Pa
     assert len(inp.records) >= 3
     inp.records.insert(0, (0, inp.records[0][0]))  # the initial packet
     sweep(inp, tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# the coverage-guided fuzzer, for a minute
+
+FUZZ_SECONDS = int(os.environ.get("MIGSTREAM_FUZZ_SECONDS", "60"))
+
+
+@pytest.mark.slow
+def test_fuzz_for_a_minute(tmp_path: Path) -> None:
+    """bench/fuzz.py (atheris, or the pure-Python engine without it) finds nothing in FUZZ_SECONDS."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(root / "bench" / "fuzz.py"), "--seconds", str(FUZZ_SECONDS)]
+        + ["--workdir", str(tmp_path / "fuzz"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=FUZZ_SECONDS + 300,
+        cwd=root,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, proc.stderr[-2000:]
+    summary = json.loads(lines[-1])
+    print("\n".join(lines[:-1]))
+    assert summary["seeds"] >= len(RECIPES) and summary["execs"] > 100, summary
+    assert not summary["findings"], "\n".join(lines[:-1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------
