@@ -16,7 +16,8 @@ address-space limit (``RLIMIT_AS``) of what the child had plus ``HEADROOM``.
 The report names the input, the seed, the mutant (index and operation), the
 reproducer file written for it, and the traceback.
 
-``MIGSTREAM_SWEEP_MUTANTS`` sets the number of random mutants per input,
+``MIGSTREAM_SWEEP_MUTANTS`` sets the number of random mutants per input
+(three times that for the small builder streams),
 ``MIGSTREAM_SWEEP_SEED`` the seed.  Regression inputs found by the sweeps or
 the fuzzer are at the end (``REGRESSIONS``).
 """
@@ -74,7 +75,7 @@ from migstream.wire.constants import (
 )
 
 SEED = os.environ.get("MIGSTREAM_SWEEP_SEED", "0")
-MUTANTS = int(os.environ.get("MIGSTREAM_SWEEP_MUTANTS", "120"))  # random mutants per input
+MUTANTS = int(os.environ.get("MIGSTREAM_SWEEP_MUTANTS", "200"))  # random mutants per input
 MUTANT_SECONDS = 5.0  # one mutant through every step
 HEADROOM = 2 << 30  # address space a sweep may add to what the child had at fork
 SWEEP_SECONDS = 600.0  # wall-clock guard for one input's whole sweep
@@ -540,8 +541,9 @@ RECIPES: dict[str, Callable[[], StreamBuilder]] = {
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_builder_stream_sweep(name: str, tmp_path: Path) -> None:
     inp = Input.of(f"builder:{name}", RECIPES[name]().data())
-    result = sweep(inp, tmp_path)
-    assert result.outcomes.get("ok", 0) > 0  # the unbroken parts still read
+    result = sweep(inp, tmp_path, 3 * MUTANTS)  # small streams: cheap mutants
+    past_open = sum(n for k, n in result.outcomes.items() if k != "MigstreamError in open")
+    assert past_open > result.mutants // 4  # most cuts and many corruptions still open
 
 
 # ---------------------------------------------------------------------------
