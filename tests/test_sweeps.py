@@ -233,7 +233,7 @@ class Input:
     name: str
     data: bytes
     records: list[tuple[int, int]] = field(default_factory=list)  # top-level (start, end)
-    pages: list[int] = field(default_factory=list)  # RAM page record starts
+    pages: list[int] = field(default_factory=list)  # RAM page record and block list entry starts
     desc: tuple[int, int, int] | None = None  # VMDESCRIPTION (record, json start, json end)
     #: When ``data`` is multifd channel 1: the main stream and the other channels it goes with.
     main: bytes | None = None
@@ -251,6 +251,8 @@ class Input:
         with _open(data) as s:
             inp.records = [(r.offset, r.end) for r in s.records if r.depth == 0 and r.end > r.offset]
             inp.pages = [start for start, _end, _b in page_record_ranges(s)]
+            # RAM block list entries (name, length, page size, mapped-ram header) count as starts too.
+            inp.pages += [b.offset + k for b in s.ram_blocks for k in (0, 16, 32)]
             for r in s.records:
                 if r.type == "VMDESCRIPTION":
                     inp.desc = (r.offset, r.offset + 5, r.end)
