@@ -139,14 +139,15 @@ _STATUS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/", re.M)
 _EXECS = re.compile(r"^stat::number_of_executed_units: (\d+)", re.M)
 _ARTIFACT = re.compile(r"Test unit written to (\S+)")
 _PY_EXC = "=== Uncaught Python exception: ==="
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)", re.M)  # "IndexError: ...", "fuzz_target.Hang: ..."
 
 
 def _signature(tb: str) -> str:
     """``ExcType at file:line`` of the innermost migstream frame (or the last frame)."""
     frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', tb)
     ours = [f for f in frames if "/migstream/" in f[0]] or frames
-    last = tb.strip().splitlines()[-1] if tb.strip() else "?"
-    exc = last.split(":", 1)[0]
+    heads = [m.group(1) for m in _EXC_LINE.finditer(tb) if m.group(1) not in ("Traceback", "in")]
+    exc = heads[-1] if heads else "?"
     if ours:
         path, line, func = ours[-1]
         return f"{exc} at {path.rsplit('/migstream/', 1)[-1]}:{line} ({func})"
