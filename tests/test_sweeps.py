@@ -563,6 +563,29 @@ CORPUS_STREAMS = [
 ]
 
 
+def _shape(data: bytes) -> tuple[list[tuple[object, ...]], list[str], dict[int, int]]:
+    with _open(data) as s:
+        assert s.truncated is None and s.parsed.eof_offset is not None
+        records = [(r.type, r.section_id, r.name, r.command, r.depth) for r in s.records]
+        per_block: dict[int, int] = {}
+        for _start, _end, block in page_record_ranges(s):
+            per_block[block] = per_block.get(block, 0) + 1
+        return records, [b.name for b in s.ram_blocks], per_block
+
+
+@pytest.mark.parametrize("stream_id", ["qemu-7.2/pc-running-xbzrle", "qemu-10.0/pc-postcopy"])
+def test_slim_stream_keeps_every_record(stream_id: str, corpus: CorpusCache) -> None:
+    """The seed slimmer drops only page records past the first few of each block."""
+    full = corpus.raw(stream_id).read_bytes()
+    slim = slim_stream(full, keep_per_block=2)
+    assert len(slim) < len(full) // 4
+    records, blocks, pages = _shape(full)
+    slim_records, slim_blocks, slim_pages = _shape(slim)
+    assert slim_records == records and slim_blocks == blocks
+    assert set(slim_pages) == set(pages) and all(n <= 2 for n in slim_pages.values()), slim_pages
+    assert not exercise(slim).errors.keys() - {"render_state", "cpus"}
+
+
 @pytest.mark.parametrize("stream_id", CORPUS_STREAMS)
 def test_corpus_stream_sweep(stream_id: str, corpus: CorpusCache, tmp_path: Path) -> None:
     data = slim_stream(corpus.raw(stream_id).read_bytes())
