@@ -230,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         "--engine", choices=["atheris", "random"], default="atheris" if have_atheris else "random"
     )
     ap.add_argument("--max-len", type=int, default=200_000, help="largest input (bytes)")
-    ap.add_argument("--input-timeout", type=int, default=20, help="libFuzzer -timeout (s)")
+    ap.add_argument(
+        "--input-timeout",
+        type=int,
+        default=60,
+        help="libFuzzer -timeout in wall-clock s (the target: 5 s of CPU)",
+    )
     ap.add_argument("--rss-limit-mb", type=int, default=3072)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--stop-on-finding", action="store_true")
