@@ -706,6 +706,17 @@ def test_regression_many_undecoded_sections_stay_cheap() -> None:
         assert s.parsed.live_sections[0].summaries[-1][2] == {"skipped_bytes": 0}
 
 
+def test_regression_deeply_nested_description_is_ignored() -> None:
+    """JSON nested 50k deep after EOF was reported as "the stream nests records too deeply"."""
+    b = precopy_stream(vmdesc=False)
+    b.vmdescription(raw_json=b'{"a":' * 50_000 + b"1" + b"}" * 50_000)
+    out = exercise(b.data())
+    assert "open" not in out.errors, out.errors
+    with _open(b.data()) as s:
+        assert s.vmdesc is None and s.truncated is None
+        assert any("does not check out" in d.message for d in s.diagnostics), s.diagnostics
+
+
 def multifd_channel(packets: Sequence[tuple[int, str, Sequence[int]]], ps: int = 4096) -> bytes:
     """A multifd channel capture: initial packet, then (packet_num, block, page offsets) packets."""
     slots = MULTIFD_PACKET_BYTES // ps
