@@ -16,7 +16,9 @@ Run as a script it is an atheris (libFuzzer) target::
 
     python tests/fuzz_target.py CORPUS_DIR [SEED_DIR...] -max_total_time=60 -artifact_prefix=DIR/
 
-``bench/fuzz.py`` drives it (seeds, restarts after a finding, summary).
+and with ``--random`` first, a pure-Python mutation loop with the same options
+and output (no coverage) for where atheris is not installed.  ``bench/fuzz.py``
+drives it (seeds, restarts after a finding, summary).
 """
 
 from __future__ import annotations
