@@ -39,9 +39,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from builder import StreamBuilder
+from builder import RamBlock, StreamBuilder
 from conftest import CorpusCache
 from fuzz_target import (
     Hang,
@@ -54,12 +55,15 @@ from fuzz_target import (
     time_limit,
 )
 from test_records_cli import (
+    BLOCKS,
     compress_stream,
     every_command_stream,
+    finish,
     hugepage_postcopy_stream,
     ignore_shared_stream,
     mapped_ram_stream,
     multifd_flush_stream,
+    pg,
     postcopy_stream,
     precopy_stream,
     special_sections_stream,
@@ -715,6 +719,47 @@ def test_regression_deeply_nested_description_is_ignored() -> None:
     with _open(b.data()) as s:
         assert s.vmdesc is None and s.truncated is None
         assert any("does not check out" in d.message for d in s.diagnostics), s.diagnostics
+
+
+def _later_block_list_stream(blocks: Sequence[Any], cut: int = 0) -> bytes:
+    """Pages of pc.ram, then a second RAM block list (``blocks``) in a later part; ``cut``
+    bytes cut off the end of it."""
+    b = StreamBuilder()
+    b.header()
+    b.configuration("pc-i440fx-10.0")
+    b.ram_start(1, BLOCKS)
+    b.section_part(1)
+    b.ram_page("pc.ram", 4096, pg(1))
+    b.ram_eos()
+    b.section_part(1)
+    b.ram_mem_size(blocks)
+    if cut:
+        return b.data()[:-cut]
+    b.ram_eos()
+    return finish(b).data()
+
+
+def test_regression_later_block_list() -> None:
+    """A second block list replaced the first, also when cut short or missing blocks that
+    pages were already indexed against: the page map then looked up blocks that were gone."""
+    again = _later_block_list_stream(BLOCKS)
+    with _open(again) as s:
+        assert s.truncated is None and [b.name for b in s.ram_blocks] == [b.name for b in BLOCKS]
+        assert s.block("pc.ram").pread(4096, 16) == pg(1)[:16]
+    assert not exercise(again).errors.keys() - {"cpus"}
+    grown = _later_block_list_stream([*BLOCKS, RamBlock("extra", 4096)])
+    with _open(grown) as s:
+        assert [b.name for b in s.ram_blocks][-1] == "extra"
+    cut = _later_block_list_stream(BLOCKS, cut=55)  # inside the first entry
+    out = exercise(cut)  # once an IndexError in the page map
+    assert not out.errors.keys() - {"cpus", "render_state"}, out.errors
+    with _open(cut) as s:
+        assert s.truncated is not None and [b.name for b in s.ram_blocks] == [b.name for b in BLOCKS]
+        assert s.block("pc.ram").pread(4096, 16) == pg(1)[:16]
+    fewer = _later_block_list_stream(BLOCKS[1:])
+    out = exercise(fewer)
+    assert "drops or changes a block" in out.errors.get("open", ""), out.errors
+    assert "drops or changes a block" in exercise(_later_block_list_stream([])).errors.get("open", "")
 
 
 def multifd_channel(packets: Sequence[tuple[int, str, Sequence[int]]], ps: int = 4096) -> bytes:
