@@ -96,15 +96,16 @@ class Stream:
         out = []
         for sid in p.section_order:
             recs = by_id.get(sid, [])
-            first = next((r for r in recs if r.instance_id is not None), recs[0])
+            # A cut stream may end inside the first record of a section: no record, only the name.
+            first = next((r for r in recs if r.instance_id is not None), recs[0] if recs else None)
             kinds = {r.type for r in recs}
             kind = "ram" if sid == p.ram.section_id else "device" if kinds == {"SECTION_FULL"} else "live"
             out.append(
                 SectionInfo(
                     sid,
                     p.section_names[sid],
-                    first.instance_id or 0,
-                    first.version_id or 0,
+                    (first.instance_id or 0) if first else 0,
+                    (first.version_id or 0) if first else 0,
                     kind,
                     tuple(r.offset for r in recs),
                     sum(r.size for r in recs),

@@ -21,6 +21,9 @@ from migstream.ram.model import PageKind, RamIndex
 from migstream.wire import constants as c
 from migstream.wire.reader import Reader, decode_name
 
+#: packet_num is a uint64 counter from 0; pages are ordered by it as a signed 64-bit value.
+MAX_PACKET_NUM = (1 << 63) - 1
+
 
 def _packets(
     channels: list[Source], channel: int, ps: int
@@ -70,6 +73,14 @@ def _packets(
         normal = r.be32("normal_pages")
         next_size = r.be32("next_packet_size")
         num = r.be64("packet_num")
+        if num > MAX_PACKET_NUM:
+            raise StreamFormatError(
+                "multifd packet number out of range",
+                offset=start + 24,
+                section=r.context,
+                expected=f"<= {MAX_PACKET_NUM:#x}",
+                found=num,
+            )
         zero = r.be32("zero_pages")
         r.pos = start + 64
         block = decode_name(bytes(r.take(256, "the block name")).split(b"\0", 1)[0])
@@ -116,8 +127,8 @@ def _packets(
             payload = r.pos
             r.pos += normal * ps
         if normal or zero:
-            pages = offs[:normal].astype(np.int64)
-            zeros = offs[normal : normal + zero].astype(np.int64)
+            pages = offs[:normal].astype(np.uint64)
+            zeros = offs[normal : normal + zero].astype(np.uint64)
             out.append((num, channel, block, pages, zeros, payload))
     if inflater is not None:
         # From now on this channel's pages are read from the inflated copy.
@@ -220,12 +231,14 @@ def index_channels(ram: RamIndex, channels: Sequence[Source]) -> tuple[Source, .
         for offsets, kind in ((normal, PageKind.MULTIFD), (zero, PageKind.MULTIFD_ZERO)):
             if not len(offsets):
                 continue
+            # Unsigned: an offset of 2**63 or more is out of range, not negative.
             if (offsets % ps).any() or (offsets >= size).any():
                 raise StreamFormatError(
                     "multifd page offset outside its block or not page aligned",
                     section=f"multifd channel {ch}",
                     field=block,
                 )
+            offsets = offsets.astype(np.int64)
             breaks = np.flatnonzero(np.diff(offsets) != ps) + 1
             bounds = [0, *breaks.tolist(), len(offsets)]
             for a, b in zip(bounds[:-1], bounds[1:]):

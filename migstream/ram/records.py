@@ -136,21 +136,20 @@ class RamDecoder:
     def _mem_size(self, r: Reader, total: int) -> None:
         st = self.state
         opts = st.options
-        if st.blocks:
-            # A later block list (it changed during migration): start over.
-            st.blocks.clear()
-            st.by_name.clear()
-            del st.sizes[:]
-        st.block_list_offset = r.pos - 8
+        list_offset = r.pos - 8
+        # The list is built aside and takes effect only once complete: a list cut short
+        # leaves the previous one (which the pages indexed so far refer to) in place.
+        blocks: list[RamBlock] = []
+        mapped_blocks: list[RamBlock] = []
         remaining = total
         while remaining > 0:
-            if len(st.blocks) >= MAX_RAM_BLOCKS:
+            if len(blocks) >= MAX_RAM_BLOCKS:
                 raise LimitError(
                     "too many RAM blocks",
                     offset=r.pos,
                     section=r.context,
                     expected=f"<= {MAX_RAM_BLOCKS}",
-                    found=len(st.blocks),
+                    found=len(blocks),
                 )
             entry = r.pos
             name = r.cstr8("a RAM block name")
@@ -196,10 +195,8 @@ class RamDecoder:
                     )
                 assert r.pos - hstart == MAPPED_RAM_HEADER_SIZE
                 mapped = MappedRamHeader(version, mps, bitmap_offset, pages_offset)
-            block = RamBlock(len(st.blocks), name, used, entry, page_size, mr_addr, mapped)
-            st.by_name[name] = block.index
-            st.blocks.append(block)
-            st.sizes.append(used)
+            block = RamBlock(len(blocks), name, used, entry, page_size, mr_addr, mapped)
+            blocks.append(block)
             remaining -= used
             if mapped is not None and pages_offset:
                 # The writer jumps over the region that holds this block's pages.
@@ -213,8 +210,34 @@ class RamDecoder:
                         expected=f"{r.pos:#x}..{r.end:#x}",
                         found=target,
                     )
-                self._index_mapped(r, block, mapped)
+                mapped_blocks.append(block)
                 r.pos = target
+        if len(st.runs) and st.blocks:
+            # Pages were indexed against the previous list: their blocks must keep their
+            # places, names and lengths (QEMU looks blocks up by name and keeps them).
+            for old_block in st.blocks:
+                i = old_block.index
+                if i >= len(blocks) or (blocks[i].name, blocks[i].size) != (old_block.name, old_block.size):
+                    raise StreamFormatError(
+                        "a later RAM block list drops or changes a block that pages were sent for",
+                        offset=list_offset,
+                        section=r.context,
+                        field="ram.blocks",
+                        expected=f"{old_block.name!r} ({old_block.size:#x} bytes) at index {i}",
+                        found=f"{blocks[i].name!r} ({blocks[i].size:#x} bytes)"
+                        if i < len(blocks)
+                        else "no block",
+                    )
+        st.blocks[:] = blocks
+        st.sizes = array("Q", [b.size for b in blocks])
+        st.by_name.clear()
+        st.by_name.update((b.name, b.index) for b in blocks)
+        st.block_list_offset = list_offset
+        if st.current_block is not None and st.current_block >= len(blocks):
+            st.current_block = None
+        for block in mapped_blocks:
+            assert block.mapped_ram is not None
+            self._index_mapped(r, block, block.mapped_ram)
 
     def _has_page_size(self, r: Reader) -> bool:
         """Whether a per-block page size follows (only for hugepage-backed blocks, postcopy)."""

@@ -14,6 +14,7 @@ from migstream.wire.reader import Reader
 def decode_block(r: Reader, kind: str) -> Summary:
     """Block migration (``block``): device chunks of 1 MiB, progress, EOS."""
     s: Summary = {}
+    seen: set[str] = set()  # the names listed in s["devices"] (a list test per record is quadratic)
     while True:
         start = r.pos
         word = r.be64("a block migration record")
@@ -26,9 +27,9 @@ def decode_block(r: Reader, kind: str) -> Summary:
             continue
         if flags & c.BLK_MIG_FLAG_DEVICE_BLOCK:
             dev = r.cstr8("a block device name")
-            devices = s.setdefault("devices", [])
-            if dev not in devices:
-                devices.append(dev)
+            if dev not in seen:
+                seen.add(dev)
+                s.setdefault("devices", []).append(dev)
             if flags & c.BLK_MIG_FLAG_ZERO_BLOCK:
                 bump(s, "zero_chunks")
             else:

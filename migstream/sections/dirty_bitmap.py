@@ -14,6 +14,7 @@ from migstream.wire.reader import Reader
 def decode_dirty_bitmap(r: Reader, kind: str) -> Summary:
     """Dirty bitmaps (``dirty-bitmap``): START/BITS/COMPLETE chunks up to EOS."""
     s: Summary = {}
+    seen: set[str] = set()  # the names listed in s["bitmaps"] (a list test per record is quadratic)
     while True:
         start = r.pos
         flags = r.u8("dirty bitmap flags")
@@ -25,9 +26,9 @@ def decode_dirty_bitmap(r: Reader, kind: str) -> Summary:
             s["node"] = r.cstr8("a node name")
         if flags & c.DIRTY_BITMAP_MIG_FLAG_BITMAP_NAME:
             name = r.cstr8("a bitmap name")
-            bitmaps = s.setdefault("bitmaps", [])
-            if name not in bitmaps:
-                bitmaps.append(name)
+            if name not in seen:
+                seen.add(name)
+                s.setdefault("bitmaps", []).append(name)
         if flags & c.DIRTY_BITMAP_MIG_FLAG_START:
             s["granularity"] = r.be32("a bitmap granularity")
             bflags = r.u8("bitmap flags")

@@ -4,7 +4,8 @@ QEMU: migration/savevm.c (save_section_footer, check_section_footer).  Since
 machine types 2.5 every section record ends with ``0x7E`` and its be32 section
 id.  A section no decoder understands is skipped to its footer: the first
 ``0x7E + id`` followed by something that looks like the next record.  The
-search is linear: each chunk of the stream is copied and searched once.
+search is linear: each chunk of the stream is copied and searched once, and
+the chunks grow from a page, so a footer nearby costs little.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from migstream.wire.reader import Reader
 #: What a section idstr looks like (for telling a real footer from look-alike bytes).
 _PRINTABLE_IDSTR = re.compile(rb"[\x20-\x7e]+")
 _FIND_CHUNK = 1 << 20
+_FIRST_CHUNK = 1 << 12
 
 
 def footer_pattern(section_id: int) -> bytes:
@@ -31,8 +33,12 @@ def scan_to_footer(r: Reader, section_id: int, known_sections: Container[int]) -
     buf, end = r.buf, r.end
     pos = r.pos
     overlap = len(pattern) - 1
+    # Chunks grow from small: a footer close by (the common case, thousands of times in a
+    # stream) costs a small copy, a far one a few doublings.
+    chunk_size = _FIRST_CHUNK
     while pos < end:
-        stop = min(end, pos + _FIND_CHUNK + overlap)
+        stop = min(end, pos + chunk_size + overlap)
+        chunk_size = min(chunk_size * 4, _FIND_CHUNK)
         chunk = bytes(buf[pos:stop])
         hit = chunk.find(pattern)
         while hit >= 0:

@@ -80,7 +80,7 @@ def locate_vmdesc(buf: memoryview) -> VmDescription | None:
             continue
         try:
             data = parse_json(bytes(buf[marker + 5 : end]))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than any description
             continue
         if isinstance(data, dict):
             return VmDescription(marker, length, end, data)
