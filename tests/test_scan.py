@@ -211,11 +211,19 @@ def shapes(page_size: int = PS) -> dict[str, bytes]:
         b.ram_zero("pc.ram", 2 * ps)
         b.ram_zero("pc.ram", 3 * ps)
         b.ram_eos()
-        # a later block list: the block indexes change
-        b.ram_mem_size([RamBlock("pc.bios", 2 * ps), RamBlock("pc.ram", 8 * ps)])
+        # a later block list: it keeps the blocks pages were sent for and adds one
+        b.ram_mem_size(
+            [
+                RamBlock("pc.ram", 64 * ps),
+                RamBlock("/rom@etc/acpi/tables", 4 * ps + 100),
+                RamBlock("pc.bios", 8 * ps),
+                RamBlock("pad", ps - 100),
+                RamBlock("extra", 2 * ps),
+            ]
+        )
         b.ram_page("pc.ram", 0, _page(5, ps), cont=False)
         b.ram_page("pc.ram", ps, _page(6, ps))
-        b.ram_zero("pc.bios", ps)
+        b.ram_zero("extra", ps)
 
     def odd_names(b: StreamBuilder) -> None:
         b.ram_mem_size([RamBlock("\xe9t\xe9", 4 * ps), RamBlock("", 4 * ps), RamBlock("x" * 255, 4 * ps)])
