@@ -186,6 +186,7 @@ def memory_map(
     machine: str | None,
     arch: str | None,
     overrides: Mapping[str, int] = {},  # noqa: B006 - read only
+    devices: Sequence[tuple[str, int, Mapping[str, Any]]] = (),
 ) -> MemoryMap:
     """Place RAM blocks in guest-physical memory.
 
@@ -193,11 +194,14 @@ def memory_map(
     machine type from the stream's configuration section (None for streams
     without one).  ``arch``: one of :data:`ARCHES` or None (inferred).
     ``overrides``: block name -> GPA; the whole block is placed there.
+    ``devices``: ``(idstr, instance_id, fields)`` of the decoded device
+    sections; with them the machine's chipset registers and PCI BARs place ROM
+    shadows, SMRAM and device memory as QEMU's ``dump-guest-memory`` sees them.
 
     Raises :class:`UsageError` for an unknown ``arch``, an arch that contradicts
     the machine, an override naming no block, or placements that overlap.
     """
-    return build_memory_map(blocks, machine, arch, overrides, tuple(_REGISTRY.values()))
+    return build_memory_map(blocks, machine, arch, overrides, tuple(_REGISTRY.values()), devices)
 
 
 def parse_machine(machine: str) -> tuple[str, tuple[int, int] | None] | None:

@@ -52,10 +52,10 @@ from migstream.arch.elf_notes import (
     segment,
     struct_order,
 )
-from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
+from migstream.arch.model import Arch, CpuState, DetectionHints, RegisterValue
 from migstream.arch.x86_64_cpu_layout import BUILTIN_NOTE, decode_builtin
+from migstream.arch.x86_64_memory import FAMILIES
 from migstream.errors import StreamFormatError, UnsupportedError
-from migstream.ram.layout import FOUR_GIB, KiB, Placement, human_size
 
 NAME = "x86_64"
 
@@ -297,102 +297,6 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
     return out
 
 
-# ------------------------------------------------------------------- memory layout
-
-#: i440fx: default upper bound of RAM below 4 GiB (``max-ram-below-4g`` default).
-PC_MAX_RAM_BELOW_4G = 0xE000_0000
-#: i440fx with gigabyte alignment: split used once RAM reaches PC_MAX_RAM_BELOW_4G.
-PC_GIGABYTE_ALIGNED_LOWMEM = 0xC000_0000
-#: q35: RAM at or above this size is split.
-Q35_SPLIT_THRESHOLD = 0xB000_0000
-#: q35: RAM kept below 4 GiB when split (gigabyte-aligned machines).
-Q35_GIGABYTE_ALIGNED_LOWMEM = 0x8000_0000
-#: Last machine version (major, minor) of both x86 families without gigabyte alignment.
-X86_LAST_UNALIGNED_VERSION = (1, 7)
-#: Where RAM above the split starts (without the AMD 1 TiB relocation).
-X86_ABOVE_4G_START = FOUR_GIB
-#: AMD HyperTransport reserved range start; QEMU 7.1+ moves high RAM to 1 TiB for AMD vCPUs.
-AMD_HT_START = 0xFD_0000_0000
-AMD_ABOVE_4G_RELOCATED = 1 << 40
-AMD_1TB_HOLE_SINCE = (7, 1)
-#: Legacy window where the guest sees VGA memory and BIOS shadows instead of RAM.
-X86_LEGACY_HOLE = (0xA0000, 0x100000)
-#: Option ROM area (``pc.rom``) start; it overlays RAM.
-PC_ROM_START = 0xC0000
-#: The ISA BIOS window ends at 1 MiB and shows at most the last 128 KiB of the BIOS.
-ISA_BIOS_END = 0x100000
-ISA_BIOS_MAX = 128 * KiB
-
-
-def _version_at_most(version: MachineVersion, limit: tuple[int, int]) -> bool:
-    return version is not None and version <= limit
-
-
-def _x86_split(family: str, version: MachineVersion, ram: int, notes: list[str]) -> int:
-    """Bytes of RAM below 4 GiB for an x86 machine (the rest goes to 4 GiB)."""
-    aligned = family != "isapc" and not _version_at_most(version, X86_LAST_UNALIGNED_VERSION)
-    if family == "q35":
-        lowmem = Q35_SPLIT_THRESHOLD
-        if ram >= Q35_SPLIT_THRESHOLD and aligned:
-            lowmem = Q35_GIGABYTE_ALIGNED_LOWMEM
-        rule = f"q35 splits RAM of {Q35_SPLIT_THRESHOLD:#x} bytes or more"
-    else:
-        lowmem = PC_MAX_RAM_BELOW_4G
-        if ram >= PC_MAX_RAM_BELOW_4G and aligned:
-            lowmem = PC_GIGABYTE_ALIGNED_LOWMEM
-        rule = f"i440fx splits RAM of {PC_MAX_RAM_BELOW_4G:#x} bytes or more"
-    below = min(ram, lowmem)
-    if ram > below:
-        notes.append(
-            f"{rule}: {human_size(below)} below 4 GiB, {human_size(ram - below)} at 4 GiB"
-            f" (block offset {below:#x} -> GPA {X86_ABOVE_4G_START:#x}); a max-ram-below-4g"
-            " machine option is not recorded in the stream and is not taken into account"
-        )
-    return below
-
-
-def _place_ram(
-    family: str, version: MachineVersion, block: str, size: int, notes: list[str]
-) -> list[Placement]:
-    below = _x86_split(family, version, size, notes)
-    out = [Placement(block, 0, 0, below)] if below else []
-    if size > below:
-        out.append(Placement(block, below, X86_ABOVE_4G_START, size - below))
-        end = X86_ABOVE_4G_START + size - below
-        if end > AMD_HT_START and (version is None or version >= AMD_1TB_HOLE_SINCE):
-            notes.append(
-                f"RAM above 4 GiB ends at {end:#x}, past {AMD_HT_START:#x}: with an AMD vCPU"
-                f" QEMU {AMD_1TB_HOLE_SINCE[0]}.{AMD_1TB_HOLE_SINCE[1]}+ machines put it at"
-                f" {AMD_ABOVE_4G_RELOCATED:#x} instead (not applied)"
-            )
-    notes.append(
-        f"x86: GPA {X86_LEGACY_HOLE[0]:#x}-{X86_LEGACY_HOLE[1] - 1:#x} is written from {block};"
-        " the guest itself sees VGA memory and BIOS shadows there"
-    )
-    return out
-
-
-def _firmware(family: str, sizes: Mapping[str, int], notes: list[str]) -> dict[str, int]:
-    """GPA of each firmware block present in ``sizes``."""
-    out: dict[str, int] = {}
-    if "pc.bios" in sizes:
-        bios = sizes["pc.bios"]
-        out["pc.bios"] = FOUR_GIB - bios
-        window = min(bios, ISA_BIOS_MAX)
-        notes.append(
-            f"pc.bios ({human_size(bios)}) ends at 4 GiB; its last {human_size(window)} also"
-            f" show at GPA {ISA_BIOS_END - window:#x} (ISA BIOS window over RAM), not duplicated"
-        )
-    top = FOUR_GIB
-    for name in ("system.flash0", "system.flash1"):
-        if name in sizes:
-            top -= sizes[name]
-            out[name] = top
-    if "pc.rom" in sizes:
-        out["pc.rom"] = PC_ROM_START
-    return out
-
-
 # -------------------------------------------------------------------- description
 
 ARCH = Arch(
@@ -404,24 +308,7 @@ ARCH = Arch(
     elf_notes=_elf_notes,
     decode_builtin=decode_builtin,
     builtin_note=BUILTIN_NOTE,
-    families=(
-        MachineFamily(
-            "pc",
-            (re.compile(r"^pc-i440fx-(\d+)\.(\d+)"), re.compile(r"^pc-(\d+)\.(\d+)"), re.compile(r"^pc$")),
-            "pc.ram",
-            _place_ram,
-            _firmware,
-            implied_note=" (q35 would differ only from 0xb0000000 bytes of RAM)",
-        ),
-        MachineFamily(
-            "q35",
-            (re.compile(r"^pc-q35-(\d+)\.(\d+)"), re.compile(r"^q35$")),
-            "pc.ram",
-            _place_ram,
-            _firmware,
-        ),
-        MachineFamily("isapc", (re.compile(r"^isapc$"),), "pc.ram", _place_ram, _firmware),
-    ),
+    families=FAMILIES,
     detect=DetectionHints(
         machine=re.compile(r"^(pc|q35|microvm|isapc|xenfv)"),
         firmware_blocks=("pc.bios", "pc.rom"),

@@ -138,7 +138,9 @@ def build_elf_core(
         raise UsageError("ELF core: byte order must be 'little' or 'big'", found=order)
     e = "<" if order == "little" else ">"
 
-    notes = b"".join(_note(e, n) for n in spec.elf_notes(order, sorted(cpus, key=lambda c: c.index)))
+    ordered = sorted(cpus, key=lambda c: c.index)
+    machine = spec.elf_machine_for(ordered)
+    notes = b"".join(_note(e, n) for n in spec.elf_notes(order, ordered))
 
     phnum = 1 + len(ranges)
     extended = phnum >= PN_XNUM
@@ -162,7 +164,7 @@ def build_elf_core(
         e + "16sHHIQQQIHHHHHH",
         ident,
         ET_CORE,
-        spec.elf_machine,
+        machine,
         EV_CURRENT,
         0,  # e_entry
         phoff,
@@ -202,5 +204,5 @@ def build_elf_core(
         segments=tuple(segments),
         total_size=total,
         byteorder=order,
-        e_machine=spec.elf_machine,
+        e_machine=machine,
     )
