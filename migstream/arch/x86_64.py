@@ -2,7 +2,7 @@
 
 QEMU: target/i386/machine.c (vmstate_x86_cpu), target/i386/cpu-dump.c (x86_cpu_dump_state),
 target/i386/arch_dump.c (x86_64_write_elf64_note, cpu_write_qemu_note), hw/i386/pc_piix.c,
-hw/i386/pc_q35.c, hw/i386/pc.c (pc_memory_init).
+hw/i386/pc_q35.c.
 
 Registers decoded (all unsigned, at the register width): the 16 GPRs, ``rip``,
 ``rflags``, ``cr0 cr2 cr3 cr4``, ``efer``, ``dr0..dr7``, segments ``es cs ss ds
@@ -12,21 +12,13 @@ the translated code when it is saved).
 
 ELF notes: one ``NT_PRSTATUS`` per vCPU, then one "QEMU" note per vCPU (QEMU's
 CPU state record: GPRs, segments, descriptor tables, CR0-CR4, KERNEL_GS_BASE).
-Unlike QEMU, a guest outside long mode still gets ``EM_X86_64`` and the x86_64
-register layout (QEMU would switch to ``EM_386``), so that one set of tools
-reads every dump.
+As in QEMU, the core is ``EM_X86_64`` with the x86_64 ``elf_prstatus`` when
+vCPU 0 is in long mode, else ``EM_386`` with the i386 ``elf_prstatus`` (still
+an ELF64 file: QEMU makes it ELF64 once memory reaches 4 GiB, which the BIOS
+at the top of 4 GiB always does).
 
-Memory layout, per machine family:
-
-* ``pc`` (i440fx) and ``isapc``: RAM below 4 GiB up to 0xe0000000; when RAM
-  reaches 0xe0000000 and the machine aligns to gigabytes (every i440fx version
-  after 1.7), the split moves down to 3 GiB.  What does not fit below the split
-  is placed at 4 GiB, continuing in the block.
-* ``q35``: RAM below 4 GiB up to 0xb0000000; from 0xb0000000 of RAM on, the
-  split is at 2 GiB (q35 1.7 and older: at 0xb0000000), the rest at 4 GiB.
-* firmware: ``pc.bios`` ends at 4 GiB; pflash ``system.flash0`` ends at 4 GiB
-  with ``system.flash1`` below it.  ``pc.rom`` (0xc0000) and the ISA BIOS
-  window lie over RAM: main RAM stays authoritative, they are not placed.
+The memory layout of the pc, q35 and isapc families is in
+:mod:`migstream.arch.x86_64_memory`.
 
 The built-in layout of the ``cpu`` section, for streams without a description,
 is in :mod:`migstream.arch.x86_64_cpu_layout`.
@@ -223,9 +215,16 @@ def _format(cpu: CpuState) -> list[str]:
 
 # ----------------------------------------------------------------------- ELF notes
 
+EM_386 = 3
 EM_X86_64 = 62
+#: QEMU's hidden flag for EFER.LMA (long mode active).
+HF_LMA_MASK = 1 << 14
 #: ``struct elf_prstatus`` size on x86_64 Linux.
 PRSTATUS_SIZE = 336
+#: ``struct elf_prstatus`` on i386 Linux: size, offsets of pr_pid and pr_reg.
+PRSTATUS32_SIZE = 144
+PRSTATUS32_PID_OFFSET = 24
+PRSTATUS32_REG_OFFSET = 72
 #: Type of QEMU's own CPU state note (name "QEMU"), its version and size (with KERNEL_GS_BASE).
 NT_QEMU_CPUSTATE = 0
 QEMU_CPUSTATE_VERSION = 1
@@ -258,21 +257,62 @@ def _x86_gpr(cpu: CpuState, name: str) -> int:
     return reg(cpu, name, alias) if alias else reg(cpu, name)
 
 
+def _long_mode(cpus: Sequence[CpuState]) -> bool:
+    """Whether vCPU 0 runs in long mode (EFER.LMA as QEMU's hidden flags keep it)."""
+    return bool(cpus) and bool(cpus[0].extra.get("hflags", 0) & HF_LMA_MASK)
+
+
+def _elf_machine(cpus: Sequence[CpuState]) -> int:
+    return EM_X86_64 if _long_mode(cpus) else EM_386
+
+
+def _prstatus64(e: str, cpu: CpuState) -> bytes:
+    regs = []
+    for name in X86_64_PR_REG:
+        if name in ("cs", "ss", "ds", "es", "fs", "gs"):
+            regs.append(segment(cpu, name).get("selector", 0) & MASK64)
+        elif name in ("fs_base", "gs_base"):
+            regs.append(segment(cpu, name[:2]).get("base", 0) & MASK64)
+        elif name == "eflags":
+            regs.append(reg(cpu, "rflags", "eflags"))
+        else:
+            regs.append(_x86_gpr(cpu, name))
+    return prstatus(e, PRSTATUS_SIZE, cpu.index + 1, f"{len(regs)}Q", regs)
+
+
+def _prstatus32(e: str, cpu: CpuState) -> bytes:
+    """The i386 ``struct elf_prstatus``: 32-bit registers, 16-bit selectors each padded to 32 bits."""
+    buf = bytearray(PRSTATUS32_SIZE)
+    struct.pack_into(e + "I", buf, PRSTATUS32_PID_OFFSET, (cpu.index + 1) & MASK32)
+
+    def sel(name: str) -> int:
+        return segment(cpu, name).get("selector", 0) & 0xFFFF
+
+    gprs = [_x86_gpr(cpu, n) & MASK32 for n in ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rax")]
+    struct.pack_into(
+        e + "7I8H2I2H2I2H",
+        buf,
+        PRSTATUS32_REG_OFFSET,
+        *gprs,
+        sel("ds"), 0, sel("es"), 0, sel("fs"), 0, sel("gs"), 0,
+        0,  # orig_eax
+        _x86_gpr(cpu, "rip") & MASK32,
+        sel("cs"), 0,
+        reg(cpu, "rflags", "eflags") & MASK32,
+        _x86_gpr(cpu, "rsp") & MASK32,
+        sel("ss"), 0,
+    )  # fmt: skip
+    return bytes(buf)
+
+
 def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
+    """QEMU's order: one NT_PRSTATUS per vCPU (64-bit layout only when vCPU 0 is in long mode),
+    then one QEMU CPU state note per vCPU."""
     e = struct_order(byteorder)
+    wide = _long_mode(cpus)
     out: list[ElfNote] = []
     for cpu in cpus:
-        regs = []
-        for name in X86_64_PR_REG:
-            if name in ("cs", "ss", "ds", "es", "fs", "gs"):
-                regs.append(segment(cpu, name).get("selector", 0) & MASK64)
-            elif name in ("fs_base", "gs_base"):
-                regs.append(segment(cpu, name[:2]).get("base", 0) & MASK64)
-            elif name == "eflags":
-                regs.append(reg(cpu, "rflags", "eflags"))
-            else:
-                regs.append(_x86_gpr(cpu, name))
-        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, f"{len(regs)}Q", regs)
+        desc = _prstatus64(e, cpu) if wide else _prstatus32(e, cpu)
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
     for cpu in cpus:
         gprs = [_x86_gpr(cpu, n) for n in ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"]]
@@ -306,6 +346,7 @@ ARCH = Arch(
     decode=_decode,
     format=_format,
     elf_notes=_elf_notes,
+    elf_machine_of=_elf_machine,
     decode_builtin=decode_builtin,
     builtin_note=BUILTIN_NOTE,
     families=FAMILIES,
