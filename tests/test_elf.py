@@ -6,6 +6,7 @@ from the writer: the tests share neither its constants nor its struct formats.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -29,6 +30,9 @@ from migstream.outputs.elf import ElfCoreLayout, build_elf_core
 EM_PPC64 = 21
 EM_S390 = 22
 EM_X86_64 = 62
+EM_386 = 3
+#: QEMU's hidden flag for long mode active.
+HF_LMA_MASK = 1 << 14
 EM_AARCH64 = 183
 PN_XNUM = 0xFFFF
 # <elf.h> note types (s390x ones under the name "LINUX"); QEMU's CPU state note has type 0.
@@ -74,6 +78,7 @@ X86_CPUS = [
             "gdt": {"base": 0xF6000, "limit": 0x37},
             "idt": {"base": 0, "limit": 0x3FF},
         },
+        {"hflags": HF_LMA_MASK},  # long mode: EM_X86_64 and the x86_64 elf_prstatus
     ),
     CpuState(1, "x86_64", {"eax": 0x55, "eip": 0x7C00}),  # 32-bit view names
 ]
@@ -233,6 +238,28 @@ def test_notes_x86() -> None:
     assert gdt == (0, 0x37, 0, 0, 0xF6000)
     crs = struct.unpack_from("<5Q", q, 8 + 18 * 8 + 10 * 24)
     assert crs == (0x60000010, 0, 0, 0x1000, 0)
+
+
+def test_x86_outside_long_mode_is_em_386() -> None:
+    """QEMU's rule: vCPU 0 not in long mode -> EM_386 and the i386 elf_prstatus (144 bytes)."""
+    cpus = [dataclasses.replace(c, extra={}) for c in X86_CPUS]
+    layout = build_elf_core(RANGES, cpus, "x86_64")
+    assert layout.e_machine == EM_386
+    assert struct.unpack_from("<H", layout.header, 18)[0] == EM_386
+    notes = _notes_of(layout)
+    assert [(n, t, len(d)) for n, t, d in notes] == [(b"CORE", "NT_PRSTATUS", 144)] * 2 + [
+        (b"QEMU", NT_QEMU_CPUSTATE, QEMU_CPUSTATE_SIZE)
+    ] * 2
+    pr0, pr1 = notes[0][2], notes[1][2]
+    assert struct.unpack_from("<I", pr0, 24)[0] == 1 and struct.unpack_from("<I", pr1, 24)[0] == 2
+    # ebx ecx edx esi edi ebp eax, ds es fs gs (16 bits, padded), orig_eax eip cs eflags esp ss
+    ebx, _ecx, _edx, _esi, _edi, _ebp, eax = struct.unpack_from("<7I", pr0, 72)
+    assert (ebx, eax) == (0xB0B, 0x55667788)
+    ds, _, _es, _, fs, _, _gs, _ = struct.unpack_from("<8H", pr0, 100)
+    assert (ds, fs) == (0x10, 0x18)
+    _orig, eip, cs, _, eflags, esp, _ss, _ = struct.unpack_from("<2I2H2I2H", pr0, 116)
+    assert (eip, cs, eflags, esp) == (0xFFF0, 0xF000, 0x2, 0x7000)
+    assert struct.unpack_from("<I", pr1, 72 + 24)[0] == 0x55 and struct.unpack_from("<I", pr1, 120)[0] == 0x7C00
 
 
 def _notes_of(layout: ElfCoreLayout) -> list[tuple[bytes, Any, bytes]]:
