@@ -198,9 +198,7 @@ def build_memory_map(
             placed.append(Placement(name, 0, gpa, sizes[name], "firmware", "machine rule"))
     if family is not None and family.refine is not None:
         if devices:
-            context = LayoutContext(
-                family.name, version, sizes, main, devices, frozenset(overrides), notes
-            )
+            context = LayoutContext(family.name, version, sizes, main, devices, frozenset(overrides), notes)
             placed = family.refine(context, placed)
         else:
             notes.append(

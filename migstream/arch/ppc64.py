@@ -8,7 +8,9 @@ eight 4-bit fields, field 0 most significant), and from the SPR array: ``xer``
 (saved there whole, with its SO/OV/CA bits), ``lr``, ``ctr``, ``srr0``,
 ``srr1``, ``sprg0..7`` and a few others that the monitor shows.
 
-ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.  The byte order of the
+ELF notes per vCPU, in QEMU's order: ``NT_PRSTATUS`` (``pr_pid`` = the vCPU's
+device-tree id), ``NT_PRFPREG``, ``NT_PPC_VMX``, ``NT_PPC_VSX``, ``NT_PPC_SPE``.
+Registers the vCPU state does not hold are written as 0.  The byte order of the
 core follows the interrupt endianness of the first vCPU.
 
 Memory layout of ``pseries``: RAM at 0.
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from migstream.arch.cpu_fields import CpuFields
 from migstream.arch.cpu_text import hex_reg, int_reg
 from migstream.arch.elf_notes import (
+    MASK32,
     NOTE_NAME_CORE,
     NT_PRFPREG,
     NT_PRSTATUS,
@@ -154,6 +157,14 @@ PPC64_PR_REG = tuple(f"gpr{i}" for i in range(32)) + (
 )
 # fmt: on
 PPC64_NGREG = 48
+#: Note types of the vector, VSX and SPE register sets (names as in <elf.h>).
+NT_PPC_VMX = 0x100
+NT_PPC_SPE = 0x101
+NT_PPC_VSX = 0x102
+#: ``NT_PPC_VMX``: 32 vector registers, VSCR (in the last word of its slot), VRSAVE (padded).
+VMX_SIZE = 34 * 16
+VMX_VSCR_OFFSET = 32 * 16 + 12
+VMX_VRSAVE_OFFSET = 33 * 16
 #: LPCR interrupt-little-endian bit, MSR little-endian bit.
 PPC_LPCR_ILE = 1 << 25
 PPC_MSR_LE = 1
@@ -171,11 +182,30 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
             else:
                 regs.append(reg(cpu, *aliases.get(name, (name,))))
         regs += [0] * (PPC64_NGREG - len(regs))
-        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, f"{PPC64_NGREG}Q", regs)
+        # pr_pid: the vCPU's device-tree id, which is its index on pseries (one thread a core).
+        desc = prstatus(e, PRSTATUS_SIZE, cpu.index, f"{PPC64_NGREG}Q", regs)
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
         fp = [reg(cpu, f"f{i}", f"fpr{i}") for i in range(32)] + [reg(cpu, "fpscr")]
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRFPREG, struct.pack(e + "33Q", *fp)))
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PPC_VMX, _vmx(e, byteorder, cpu)))
+        vsx = [reg(cpu, f"vsr{i}_low", f"vs{i}_low") for i in range(32)]
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PPC_VSX, struct.pack(e + "32Q", *vsx)))
+        spe = [reg(cpu, f"evr{i}", f"gprh{i}", mask=MASK32) for i in range(32)]
+        spe_desc = struct.pack(e + "32IQI", *spe, reg(cpu, "spe_acc"), reg(cpu, "spe_fscr", mask=MASK32))
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PPC_SPE, spe_desc))
     return out
+
+
+def _vmx(e: str, byteorder: str, cpu: CpuState) -> bytes:
+    """``NT_PPC_VMX``: the 32 vector registers, VSCR in the last word of a 16-byte slot, VRSAVE."""
+    buf = bytearray(VMX_SIZE)
+    for i in range(32):
+        v = reg_value(cpu, f"v{i}", f"vr{i}", f"avr{i}")
+        value = int(v) & ((1 << 128) - 1) if isinstance(v, int) else 0
+        buf[16 * i : 16 * i + 16] = value.to_bytes(16, "little" if byteorder == "little" else "big")
+    struct.pack_into(e + "I", buf, VMX_VSCR_OFFSET, reg(cpu, "vscr", mask=MASK32))
+    struct.pack_into(e + "I", buf, VMX_VRSAVE_OFFSET, reg(cpu, "vrsave", mask=MASK32))
+    return bytes(buf)
 
 
 def _elf_byteorder(cpus: Sequence[CpuState]) -> str:

@@ -9,9 +9,11 @@ guest runs and is not saved; the CC field of ``psw_mask`` is the one of the last
 PSW load, which the monitor (merging the live condition code) may show
 differently.
 
-ELF notes per vCPU: ``NT_PRSTATUS``, ``NT_PRFPREG``, then ("LINUX")
+ELF notes per vCPU, in QEMU's order: ``NT_PRSTATUS`` (``pr_pid`` in the host's
+byte order, little endian, as QEMU leaves it), ``NT_PRFPREG``, then ("LINUX")
 ``NT_S390_PREFIX``, ``NT_S390_CTRS``, ``NT_S390_TIMER``, ``NT_S390_TODCMP``,
-``NT_S390_TODPREG``.
+``NT_S390_TODPREG``, ``NT_S390_VXRS_LOW``, ``NT_S390_VXRS_HIGH``,
+``NT_S390_GS_CB``.  Registers the vCPU state does not hold are written as 0.
 
 Memory layout of ``s390-ccw-virtio``: RAM at 0.
 """
@@ -26,13 +28,16 @@ from migstream.arch.cpu_fields import CpuFields
 from migstream.arch.cpu_text import hex_reg, int_reg, rows
 from migstream.arch.elf_notes import (
     MASK32,
+    MASK64,
     NOTE_NAME_CORE,
     NOTE_NAME_LINUX,
     NT_PRFPREG,
     NT_PRSTATUS,
+    PRSTATUS_PID_OFFSET,
     ElfNote,
     prstatus,
     reg,
+    reg_value,
     struct_order,
 )
 from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
@@ -80,6 +85,9 @@ NT_S390_TODCMP = 0x302
 NT_S390_TODPREG = 0x303
 NT_S390_CTRS = 0x304
 NT_S390_PREFIX = 0x305
+NT_S390_VXRS_LOW = 0x309
+NT_S390_VXRS_HIGH = 0x30A
+NT_S390_GS_CB = 0x30B
 
 
 def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
@@ -90,8 +98,10 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
         regs += [reg(cpu, f"r{i}", f"gpr{i}") for i in range(16)]
         regs += [reg(cpu, f"a{i}", f"acr{i}", mask=MASK32) for i in range(16)]
         regs.append(reg(cpu, "orig_gpr2"))
-        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, "18Q16IQ", regs)
-        out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
+        desc = bytearray(prstatus(e, PRSTATUS_SIZE, 0, "18Q16IQ", regs))
+        # QEMU stores pr_pid in the byte order of the host it runs on (x86: little endian).
+        struct.pack_into("<I", desc, PRSTATUS_PID_OFFSET, (cpu.index + 1) & MASK32)
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, bytes(desc)))
         fp = struct.pack(e + "II", reg(cpu, "fpc", mask=MASK32), 0)
         fp += struct.pack(e + "16Q", *(reg(cpu, f"f{i}", f"fpr{i}") for i in range(16)))
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRFPREG, fp))
@@ -103,7 +113,20 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
         out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_TODCMP, struct.pack(e + "Q", reg(cpu, "ckc"))))
         todpr = struct.pack(e + "I", reg(cpu, "todpr", mask=MASK32))
         out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_TODPREG, todpr))
+        # Vector registers: the right halves of V0-V15 (the left ones are the FPRs), V16-V31 whole.
+        low = [reg(cpu, f"v{i}", mask=MASK64) for i in range(16)]
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_VXRS_LOW, struct.pack(e + "16Q", *low)))
+        high = b"".join(_v128(cpu, i, byteorder) for i in range(16, 32))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_VXRS_HIGH, high))
+        gscb = struct.pack(e + "4Q", *(reg(cpu, f"gscb{i}") for i in range(4)))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_GS_CB, gscb))
     return out
+
+
+def _v128(cpu: CpuState, i: int, byteorder: str) -> bytes:
+    v = reg_value(cpu, f"v{i}")
+    value = int(v) & ((1 << 128) - 1) if isinstance(v, int) else 0
+    return value.to_bytes(16, "little" if byteorder == "little" else "big")
 
 
 # ------------------------------------------------------------------- memory layout
