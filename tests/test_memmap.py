@@ -13,6 +13,7 @@ import pytest
 from migstream.arch import memory_map, parse_machine
 from migstream.errors import UsageError
 from migstream.ram.layout import FOUR_GIB, GiB, MemoryMap, MiB, Placement
+from migstream.vmstate.values import Leaf, Struct
 
 
 def _corpus_dir() -> Path:
@@ -295,3 +296,116 @@ def test_no_machine_name_backend_block() -> None:
     mm = memory_map(blocks, machine=None, arch=None)
     assert mm.family == "pc" and mm.arch == "x86_64"
     assert mm.placements_of("ram0") == (Placement("ram0", 0, 0, 64 * MiB),)
+
+
+# --- layout from the decoded device state (chipset registers, PCI BARs) ---------------
+# The oracle is QEMU's routing as its source states it (hw/pci-host/pam.c, i440fx.c,
+# q35.c, hw/pci/pci.c); tests/test_dump_equality.py checks the same against real QEMU.
+
+KiB = 1024
+X86_BLOCKS = [
+    ("pc.ram", 128 * MiB),
+    ("pc.bios", 256 * KiB),
+    ("pc.rom", 128 * KiB),
+    ("0000:00:02.0/vga.vram", 16 * MiB),
+    ("0000:00:02.0/vga.rom", 64 * KiB),
+]
+
+
+def _pci_device(idstr: str, config: dict[int, int | bytes]) -> tuple[str, int, Struct]:
+    """A decoded PCI device section whose 256-byte configuration space holds ``config``."""
+    space = bytearray(256)
+    for offset, value in config.items():
+        data = value if isinstance(value, bytes) else bytes([value])
+        space[offset : offset + len(data)] = data
+    parent = Struct(0)
+    parent.add("config[0]", Leaf("pci config", 0, 256, bytes(space)))
+    top = Struct(0)
+    top.add("parent_obj", parent)
+    return idstr, 0, top
+
+
+def _x86(machine: str, host: dict[int, int | bytes], vga: dict[int, int | bytes] | None = None) -> MemoryMap:
+    name = "0000:00:00.0/mch" if "q35" in machine else "0000:00:00.0/I440FX"
+    devices = [_pci_device(name, host)]
+    if vga is not None:
+        devices.append(_pci_device("0000:00:02.0/vga", vga))
+    return memory_map(X86_BLOCKS, machine=machine, arch=None, devices=devices)
+
+
+def test_i440fx_pam_routes_each_segment() -> None:
+    # PAM0 high nibble: 0xf0000 segment; then low/high nibbles for 0xc0000, 0xc4000, ...
+    mm = _x86("pc-i440fx-7.2", {0x59: 0x30, 0x5A: 0x01, 0x5F: 0x20})
+    assert mm.block_at(0xF0000) == ("pc.ram", 0xF0000)  # RAM read/write
+    assert mm.block_at(0xC0000) == ("pc.ram", 0xC0000)  # read-only RAM
+    assert mm.block_at(0xC4000) == ("pc.rom", 0x4000)  # PCI: pc.rom
+    assert mm.block_at(0xE4000) == ("pc.bios", 0x24000)  # PCI: the ISA BIOS (last 128 KiB of pc.bios)
+    assert mm.block_at(0xEC000) == ("pc.ram", 0xEC000)  # write-only: QEMU still reads RAM
+    assert mm.block_at(0xA0000) is None and mm.block_at(0xBFFFF) is None  # SMRAM closed
+    assert mm.block_at(0x9FFFF) == ("pc.ram", 0x9FFFF) and mm.block_at(0x100000) == ("pc.ram", 0x100000)
+    sources = {p.source for p in mm.placements if 0xC0000 <= p.gpa < 0x100000}
+    assert all(s.startswith("PAM I440FX") for s in sources)
+
+
+def test_reset_state_is_the_pci_window() -> None:
+    mm = _x86("pc-q35-7.2", {0x9D: 0x02, 0x9E: 0x38})
+    assert mm.block_at(0xC0000) == ("pc.rom", 0)
+    assert mm.block_at(0xFFFF0) == ("pc.bios", 256 * KiB - 0x10)
+    assert mm.ranges() == ((0, 0xA0000), (0xC0000, 128 * MiB - 0xC0000), (FOUR_GIB - 256 * KiB, 256 * KiB))
+
+
+def test_smram_open() -> None:
+    mm = _x86("pc-i440fx-7.2", {0x72: 0x4A})
+    assert mm.block_at(0xA0000) == ("pc.ram", 0xA0000)
+    # q35: D_OPEN with H_SMRAME shows the RAM at 0xfeda0000 instead.
+    mm = _x86("pc-q35-7.2", {0x9D: 0x4A, 0x9E: 0x80})
+    assert mm.block_at(0xA0000) is None
+    assert mm.block_at(0xFEDA0000) == ("pc.ram", 0xA0000)
+    mm = _x86("pc-q35-7.2", {0x9D: 0x4A, 0x9E: 0x00})
+    assert mm.block_at(0xA0000) == ("pc.ram", 0xA0000) and mm.block_at(0xFEDA0000) is None
+
+
+@pytest.mark.parametrize(
+    ("esmramc", "machine", "size"),
+    [(0x01, "pc-q35-7.2", 1 * MiB), (0x03, "pc-q35-7.2", 2 * MiB), (0x05, "pc-q35-7.2", 8 * MiB),
+     (0x07, "pc-q35-7.2", 16 * MiB), (0x07, "pc-q35-2.9", 0), (0x06, "pc-q35-7.2", 0)],
+)  # fmt: skip
+def test_q35_tseg_black_hole(esmramc: int, machine: str, size: int) -> None:
+    mm = _x86(machine, {0x9E: esmramc})
+    top = 128 * MiB
+    assert mm.block_at(top - size - 1) == ("pc.ram", top - size - 1)
+    if size:
+        assert mm.block_at(top - size) is None and mm.block_at(top - 1) is None
+    else:
+        assert mm.block_at(top - 1) == ("pc.ram", top - 1)
+
+
+def test_bars_place_device_memory() -> None:
+    bar0 = (0xFD000008).to_bytes(4, "little")  # prefetchable 32-bit memory BAR
+    rom = (0xFEBC0001).to_bytes(4, "little")  # enabled expansion ROM
+    mm = _x86("pc-i440fx-7.2", {}, {0x04: 0x03, 0x10: bar0, 0x30: rom})
+    assert mm.block_at(0xFD000000) == ("0000:00:02.0/vga.vram", 0)
+    assert mm.block_at(0xFEBC0000) == ("0000:00:02.0/vga.rom", 0)
+    assert [p.source for p in mm.placements if p.kind == "device"] == [
+        "BAR0 of 0000:00:02.0",
+        "ROM BAR of 0000:00:02.0",
+    ]
+    # Memory decoding off, or a disabled ROM: not mapped.
+    mm = _x86("pc-i440fx-7.2", {}, {0x04: 0x01, 0x10: bar0, 0x30: rom})
+    assert {"0000:00:02.0/vga.vram", "0000:00:02.0/vga.rom"} <= set(mm.unplaced)
+    mm = _x86(
+        "pc-i440fx-7.2", {}, {0x04: 0x02, 0x10: bar0, 0x30: rom[:1].replace(b"\x01", b"\x00") + rom[1:]}
+    )
+    assert mm.block_at(0xFD000000) is not None and "0000:00:02.0/vga.rom" in mm.unplaced
+    # --map still wins.
+    devices = [_pci_device("0000:00:02.0/vga", {0x04: 0x02, 0x10: bar0})]
+    mm = memory_map(
+        X86_BLOCKS, machine="pc", arch=None, devices=devices, overrides={"0000:00:02.0/vga.vram": 0xE0000000}
+    )
+    assert mm.gpa_of("0000:00:02.0/vga.vram", 0) == 0xE0000000
+
+
+def test_no_host_bridge_section_is_said() -> None:
+    mm = memory_map(X86_BLOCKS, machine="pc", arch=None, devices=[("cpu", 0, Struct(0))])
+    assert any("I440FX" in n and "not applied" in n for n in mm.notes)
+    assert mm.block_at(0xA0000) == ("pc.ram", 0xA0000)
