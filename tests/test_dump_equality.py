@@ -21,6 +21,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,3 +236,48 @@ def test_booted_linux_matches_dump_guest_memory(name: str, tmp_path: Path) -> No
     compared, differ = compare_cores(folder / "qemu.core", mine, raw, {})
     _report(f"linux {name}", compared, differ)
     assert compared > 60000
+
+
+def _wait_serial(path: Path, marker: bytes, guest: QemuGuest, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and marker in path.read_bytes():
+            return
+        if guest.status() not in ("running", "prelaunch", "paused"):
+            break
+        time.sleep(0.5)
+    raise AssertionError(
+        f"guest never printed {marker!r}: {path.read_bytes()[-1000:] if path.exists() else b''!r}"
+    )
+
+
+@pytest.mark.parametrize("machine", ["pc", "q35"])
+def test_booted_linux_vbe_mode(machine: str, tmp_path: Path) -> None:
+    """The kernel and initramfs of make-linux-guest.sh booted with ``vga=0x317``: the BIOS leaves
+    the VGA in a VBE mode, so QEMU maps VRAM (chain 4) at 0xa0000 and the BIOS maps the BARs."""
+    work = os.environ.get("MIGSTREAM_LINUX_GUEST")
+    kernel = Path(work) / "vmlinuz" if work else None
+    initrd = Path(work) / "initramfs.cpio.gz" if work else None
+    binary = find_qemu("qemu-system-x86_64")
+    if kernel is None or initrd is None or not kernel.exists() or not initrd.exists() or binary is None:
+        pytest.skip("no make-linux-guest.sh kernel and initramfs (MIGSTREAM_LINUX_GUEST = its WORK)")
+    serial = tmp_path / "serial.log"
+    args = (
+        "-device", "VGA", "-kernel", str(kernel), "-initrd", str(initrd),
+        "-append", "console=ttyS0 panic=-1 vga=0x317", "-serial", f"file:{serial}", "-no-reboot",
+    )  # fmt: skip
+    core, stream = tmp_path / "qemu.core", tmp_path / "stream.mig"
+    with QemuGuest(machine=machine, memory="256M", binary=binary, extra_args=args, paused=False) as guest:
+        _wait_serial(serial, b"\nREADY", guest, 600)
+        guest.stop()
+        guest.qmp(
+            "dump-guest-memory", {"paging": False, "protocol": f"file:{core}", "format": "elf"}, timeout=300
+        )
+        guest.migrate_to_file(stream)
+    mine, raw = tmp_path / "mine.core", tmp_path / "mine.raw"
+    migstream_memory(stream, mine, "elf")
+    migstream_memory(stream, raw, "raw")
+    compared, differ = compare_cores(core, mine, raw, {})
+    _report(f"linux vbe {machine}", compared, differ)
+    loads = merged(read_core(core).loads)
+    assert any(gpa <= 0xA0000 < gpa + size for gpa, size in loads), "the VBE window is in QEMU's dump"

@@ -1,6 +1,6 @@
 """x86-64 memory layout: pc (i440fx), q35 and isapc, from the machine type and the chipset state.
 
-QEMU: hw/i386/pc.c (pc_memory_init), hw/pci-host/i440fx.c, hw/pci-host/q35.c, hw/pci-host/pam.c.
+QEMU: hw/i386/pc.c, hw/pci-host/i440fx.c, q35.c, pam.c, hw/display/vga.c (vga_update_memory_access).
 
 From the machine type alone:
 
@@ -25,6 +25,9 @@ QEMU's ``dump-guest-memory`` sees guest memory:
 * q35 TSEG: with T_EN the top of RAM below 4 GiB (1, 2, 8 MiB or the extended
   size, 16 MiB) reads as a black hole, left out; open SMRAM with H_SMRAME
   shows RAM 0xa0000-0xbffff at 0xfeda0000.
+* VGA in chain-4 mode (256-colour or VBE modes): the VRAM alias QEMU maps in
+  the legacy window (0xa0000, 0xb0000 or 0xb8000, by GR06) shows through the
+  PCI window while SMRAM is closed.
 * PCI BARs with memory decoding on: device memory (``vga.vram``, option ROMs)
   where the device's configuration space puts it (:mod:`migstream.arch.pci`).
 """
@@ -39,6 +42,7 @@ from migstream.arch.memory_layout import add_if_free, punch
 from migstream.arch.model import LayoutContext, MachineFamily, MachineVersion
 from migstream.arch.pci import bar_placements, find_config
 from migstream.ram.layout import FOUR_GIB, KiB, MiB, Placement, human_size
+from migstream.vmstate.values import IntArray
 
 #: i440fx: default upper bound of RAM below 4 GiB (``max-ram-below-4g`` default).
 PC_MAX_RAM_BELOW_4G = 0xE000_0000
@@ -217,10 +221,15 @@ def _chipset(ctx: LayoutContext, host: str, config: bytes, out: list[Placement])
     if d_open and not h_smrame:
         added.append(Placement(main, SMRAM_WINDOW[0], *SMRAM_WINDOW, "ram", f"SMRAM open ({reg})"))
     else:
+        window = _vga_chain4(ctx)
+        rest = "the rest is" if window else "it is"
         notes.append(
             f"{SMRAM_WINDOW[0]:#x}-{sum(SMRAM_WINDOW) - 1:#x}: SMRAM closed ({reg}), the PCI window"
-            " shows there (VGA memory-mapped I/O when a VGA device claims it); left out like QEMU's dump"
+            f" shows there (VGA memory-mapped I/O when a VGA device claims it); {rest} left out like"
+            " QEMU's dump"
         )
+        if window is not None:
+            added.append(window)
     pam0 = MCH_HOST_BRIDGE_PAM0 if q35 else I440FX_PAM
     for gpa, size, index, shift in _pam_segments():
         mode = (config[pam0 + index] >> shift) & PAM_ATTR_MASK
@@ -255,6 +264,71 @@ def _tseg(ctx: LayoutContext, out: list[Placement], esmramc: int) -> list[Placem
         )
         out = punch(out, top - size, top)
     return out
+
+
+# ------------------------------------------------------------------ VGA window
+
+#: VGA registers (sequencer and graphics controller indexes), names as in QEMU.
+VGA_SEQ_PLANE_WRITE = 0x02
+VGA_SR02_ALL_PLANES = 0x0F
+VGA_SEQ_MEMORY_MODE = 0x04
+VGA_SR04_CHN_4M = 0x08
+VGA_GFX_MISC = 0x06
+VBE_DISPI_INDEX_BPP = 3
+VBE_DISPI_INDEX_ENABLE = 4
+VBE_DISPI_ENABLED = 0x01
+#: Chain-4 window by GR06 memory map select: (GPA, size, uses the bank offset).
+CHAIN4_WINDOWS = ((0xA0000, 0x20000, False), (0xA0000, 0x10000, True), (0xB0000, 0x8000, False),
+                  (0xB8000, 0x8000, False))  # fmt: skip
+
+
+def _leaf_bytes(node: object) -> bytes:
+    value = getattr(node, "value", None)
+    return value if isinstance(value, bytes) else b""
+
+
+def _leaf_int(node: object) -> int:
+    value = getattr(node, "value", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _ints(node: object) -> list[int]:
+    if isinstance(node, IntArray):
+        return list(node.values)
+    if isinstance(node, list):
+        return [_leaf_int(x) for x in node]
+    return []
+
+
+def _vga_chain4(ctx: LayoutContext) -> Placement | None:
+    """The VRAM alias a VGA device maps into its legacy window in chain-4 mode (256-colour and
+    VBE modes), which the guest sees through the PCI window at 0xa0000-0xbffff; None otherwise."""
+    for idstr, _instance, fields in ctx.devices:
+        vga = fields.get("vga") if idstr.rsplit("/", 1)[-1] in ("vga", "VGA") else None
+        if not isinstance(vga, Mapping) or "sr" not in vga or "gr" not in vga:
+            continue
+        sr, gr = bytearray(_leaf_bytes(vga["sr"])), bytearray(_leaf_bytes(vga["gr"]))
+        if len(sr) <= VGA_SEQ_MEMORY_MODE or len(gr) <= VGA_GFX_MISC:
+            return None
+        vbe = _ints(vga.get("vbe_regs"))
+        if len(vbe) > VBE_DISPI_INDEX_ENABLE and vbe[VBE_DISPI_INDEX_ENABLE] & VBE_DISPI_ENABLED:
+            # VBE on: QEMU reads the sequencer through its VBE copy (chain 4 unless 4 bpp) and
+            # selects memory map 1.
+            if vbe[VBE_DISPI_INDEX_BPP] != 4:
+                sr[VGA_SEQ_MEMORY_MODE] |= VGA_SR04_CHN_4M
+                sr[VGA_SEQ_PLANE_WRITE] |= VGA_SR02_ALL_PLANES
+            gr[VGA_GFX_MISC] = (gr[VGA_GFX_MISC] & ~0x0C) | 0x04
+        chain4 = sr[VGA_SEQ_PLANE_WRITE] & VGA_SR02_ALL_PLANES == VGA_SR02_ALL_PLANES
+        if not (chain4 and sr[VGA_SEQ_MEMORY_MODE] & VGA_SR04_CHN_4M):
+            return None
+        gpa, size, banked = CHAIN4_WINDOWS[(gr[VGA_GFX_MISC] >> 2) & 3]
+        offset = _leaf_int(vga.get("bank_offset")) if banked else 0
+        prefix = idstr.rsplit("/", 1)[0] + "/" if "/" in idstr else ""
+        block = prefix + "vga.vram"
+        if block not in ctx.sizes or block in ctx.overridden or offset + size > ctx.sizes[block]:
+            return None
+        return Placement(block, offset, gpa, size, "device", f"VGA chain-4 window of {idstr}")
+    return None
 
 
 def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
