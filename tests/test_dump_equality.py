@@ -46,6 +46,8 @@ class Case:
     machine: str
     memory: str
     args: tuple[str, ...] = ()
+    #: Seconds the guest runs (its firmware) before it is paused; 0: paused from reset.
+    run: float = 0
 
 
 CASES = [
@@ -54,12 +56,18 @@ CASES = [
     Case("aarch64-virt", "qemu-system-aarch64", "virt", "128M", ("-cpu", "cortex-a57", "-smp", "2")),
     Case("ppc64-pseries", "qemu-system-ppc64", "pseries", "512M"),
     Case("s390x-ccw", "qemu-system-s390x", "s390-ccw-virtio", "128M"),
+    # Firmware ran: SeaBIOS programs PAM and BARs, SLOF and the s390 BIOS leave registers set.
+    Case("x86-pc-seabios", "qemu-system-x86_64", "pc", "128M", ("-device", "VGA"), run=3),
+    Case("x86-q35-seabios", "qemu-system-x86_64", "q35", "128M", ("-device", "VGA"), run=3),
+    Case("ppc64-pseries-slof", "qemu-system-ppc64", "pseries", "512M", run=8),
+    Case("s390x-ccw-bios", "qemu-system-s390x", "s390-ccw-virtio", "128M", ("-no-shutdown",), run=2),
 ]
 
 #: Fields where migstream knowingly differs, per case: ``(note type, desc offset)`` -> why.
 #: The VSCR register is not decoded from the ppc vCPU state yet (QEMU resets it to NJ).
 KNOWN_GAPS: dict[str, dict[tuple[int, int], str]] = {
     "ppc64-pseries": {(0x100, 32 * 16 + 8): "NT_PPC_VMX VSCR: not decoded from cpu/altivec"},
+    "ppc64-pseries-slof": {(0x100, 32 * 16 + 8): "NT_PPC_VMX VSCR: not decoded from cpu/altivec"},
 }
 
 # ``pr_reg`` of NT_PRSTATUS per e_machine: (offset of pr_pid, offset of pr_reg, struct format, names).
@@ -204,7 +212,11 @@ def test_paused_guest_matches_dump_guest_memory(case: Case, tmp_path: Path) -> N
     if binary is None:
         pytest.skip(f"{case.binary} is not installed")
     core, stream = tmp_path / "qemu.core", tmp_path / "stream.mig"
-    with QemuGuest(machine=case.machine, memory=case.memory, binary=binary, extra_args=case.args) as guest:
+    paused = not case.run
+    with QemuGuest(case.machine, case.memory, binary=binary, extra_args=case.args, paused=paused) as guest:
+        if case.run:
+            time.sleep(case.run)
+            guest.stop()
         guest.qmp(
             "dump-guest-memory",
             {"paging": False, "protocol": f"file:{core}", "format": "elf"},
