@@ -37,6 +37,8 @@ from qemu_harness import QemuGuest, find_qemu, migstream_command  # noqa: E402
 pytestmark = pytest.mark.qemu
 
 PAGE = 4096
+#: Largest guest-physical end for which the raw image is written and compared.
+RAW_IMAGE_LIMIT = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ CASES = [
     # Firmware ran: SeaBIOS programs PAM and BARs, SLOF and the s390 BIOS leave registers set.
     Case("x86-pc-seabios", "qemu-system-x86_64", "pc", "128M", ("-device", "VGA"), run=3),
     Case("x86-q35-seabios", "qemu-system-x86_64", "q35", "128M", ("-device", "VGA"), run=3),
-    Case("ppc64-pseries-slof", "qemu-system-ppc64", "pseries", "512M", run=8),
+    Case("ppc64-pseries-slof-vga", "qemu-system-ppc64", "pseries", "512M", ("-device", "VGA"), run=10),
     Case("s390x-ccw-bios", "qemu-system-s390x", "s390-ccw-virtio", "128M", ("-no-shutdown",), run=2),
 ]
 
@@ -67,7 +69,7 @@ CASES = [
 #: The VSCR register is not decoded from the ppc vCPU state yet (QEMU resets it to NJ).
 KNOWN_GAPS: dict[str, dict[tuple[int, int], str]] = {
     "ppc64-pseries": {(0x100, 32 * 16 + 8): "NT_PPC_VMX VSCR: not decoded from cpu/altivec"},
-    "ppc64-pseries-slof": {(0x100, 32 * 16 + 8): "NT_PPC_VMX VSCR: not decoded from cpu/altivec"},
+    "ppc64-pseries-slof-vga": {(0x100, 32 * 16 + 8): "NT_PPC_VMX VSCR: not decoded from cpu/altivec"},
 }
 
 # ``pr_reg`` of NT_PRSTATUS per e_machine: (offset of pr_pid, offset of pr_reg, struct format, names).
@@ -225,8 +227,12 @@ def test_paused_guest_matches_dump_guest_memory(case: Case, tmp_path: Path) -> N
         guest.migrate_to_file(stream)
     mine, raw = tmp_path / "mine.core", tmp_path / "mine.raw"
     migstream_memory(stream, mine, "elf")
-    migstream_memory(stream, raw, "raw")
-    compared, differ = compare_cores(core, mine, raw, KNOWN_GAPS.get(case.name, {}))
+    top = max(gpa + size for gpa, size, _ in read_core(core).loads)
+    image: Path | None = None
+    if top <= RAW_IMAGE_LIMIT:  # a raw image of the sPAPR PCI windows would need a 32 TiB file
+        migstream_memory(stream, raw, "raw")
+        image = raw
+    compared, differ = compare_cores(core, mine, image, KNOWN_GAPS.get(case.name, {}))
     _report(case.name, compared, differ)
     assert compared > 0
 

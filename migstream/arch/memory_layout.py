@@ -210,6 +210,8 @@ def build_memory_map(
     unplaced = tuple(name for name in sizes if name not in placed_names)
     if family is not None and main is None:
         notes.append(f"no main RAM block found for machine family {family.name}")
+    # Blocks a rule already said something of (pflash, an unmapped BAR) are not listed again.
+    explained |= {n for n in unplaced if any(n in note for note in notes)}
     rest = [n for n in unplaced if n not in explained]
     if rest and family is None:
         notes.append("not placed (machine layout unknown): " + ", ".join(rest))

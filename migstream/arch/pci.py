@@ -12,7 +12,7 @@ QEMU: hw/pci/pci.c (pci_bar_address, pci_update_mappings), hw/display/vga-pci.c 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from migstream.arch.model import DeviceFields
@@ -33,8 +33,9 @@ PCI_ROM_ADDRESS_ENABLE = 0x01
 #: QEMU's index of the ROM in a device's region list.
 PCI_ROM_SLOT = 6
 
-#: A qdev path that starts with a PCI address: ``domain:bus:slot.function/``.
-_PCI_PATH = re.compile(r"^([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])/", re.IGNORECASE)
+#: A qdev path that starts with a PCI address: ``domain:bus:slot.function/``, or on a
+#: sPAPR host bridge ``pci@BUID:slot.function/``.
+_PCI_PATH = re.compile(r"^((?:[0-9a-f]{4}:[0-9a-f]{2}|pci@[0-9a-f]+):[0-9a-f]{2}\.[0-7])/", re.IGNORECASE)
 
 #: RAM blocks behind a numbered BAR, by the name of the block after the device path.
 #: Other ``*.rom`` blocks of a device sit behind its expansion ROM BAR.
@@ -118,15 +119,25 @@ def bar_address(config: bytes, bar: int, size: int) -> int | None:
     return addr
 
 
+#: Bus address -> guest-physical address for a device: ``(pci address, bus address, size)``.
+BusToGpa = Callable[[str, int, int], int | None]
+
+
+def _identity(address: str, bus: int, size: int) -> int | None:
+    return bus
+
+
 def bar_placements(
     devices: Sequence[DeviceFields],
     sizes: Mapping[str, int],
     skip: frozenset[str],
     notes: list[str],
+    to_gpa: BusToGpa = _identity,
 ) -> list[Placement]:
     """Device memory where the BARs of the PCI devices map it (memory decoding on).
 
-    ``sizes``: block name -> length; ``skip``: blocks not to place (overridden).
+    ``sizes``: block name -> length; ``skip``: blocks not to place (overridden);
+    ``to_gpa``: where the host bridge shows a bus address (None: not visible).
     """
     by_device: dict[str, list[str]] = {}
     for name in sizes:
@@ -150,10 +161,17 @@ def bar_placements(
             if bar is None:
                 notes.append(f"{name}: which BAR of {idstr} maps it is not known; use --map")
                 continue
-            gpa = bar_address(config, bar, pow2ceil(sizes[name]))
+            bus = bar_address(config, bar, pow2ceil(sizes[name]))
             label = "ROM BAR" if bar == PCI_ROM_SLOT else f"BAR{bar}"
-            if gpa is None:
+            if bus is None:
                 notes.append(f"{name}: {label} of {idstr} is not mapped (memory decoding off or BAR unset)")
                 continue
-            out.append(Placement(name, 0, gpa, sizes[name], "device", f"{label} of {address}"))
+            gpa = to_gpa(address or "", bus, sizes[name])
+            if gpa is None:
+                notes.append(
+                    f"{name}: {label} of {idstr} at bus address {bus:#x} is outside the host bridge windows"
+                )
+                continue
+            where = f"{label} of {address}" + (f", bus address {bus:#x}" if gpa != bus else "")
+            out.append(Placement(name, 0, gpa, sizes[name], "device", where))
     return out

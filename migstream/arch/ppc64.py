@@ -1,7 +1,7 @@
 """ppc64: registers, ``info registers`` text, ELF notes, ``pseries`` memory layout.
 
 QEMU: target/ppc/machine.c (vmstate_ppc_cpu), target/ppc/cpu_init.c (ppc_cpu_dump_state),
-target/ppc/arch_dump.c (ppc64_cpu_write_elf64_note, cpu_get_dump_info), hw/ppc/spapr.c.
+target/ppc/arch_dump.c (ppc64_cpu_write_elf64_note, cpu_get_dump_info), hw/ppc/spapr.c (spapr_phb_placement).
 
 Registers decoded (all unsigned): ``r0..r31``, ``nip``, ``msr``, ``cr`` (the
 eight 4-bit fields, field 0 most significant), and from the SPR array: ``xer``
@@ -13,7 +13,9 @@ device-tree id), ``NT_PRFPREG``, ``NT_PPC_VMX``, ``NT_PPC_VSX``, ``NT_PPC_SPE``.
 Registers the vCPU state does not hold are written as 0.  The byte order of the
 core follows the interrupt endianness of the first vCPU.
 
-Memory layout of ``pseries``: RAM at 0.
+Memory layout of ``pseries``: RAM at 0; device memory where PCI BARs put it,
+through the host bridge's windows (bus addresses from 2 GiB show at
+0x200000000000 + (bridge + 1) * 2 GiB; 64-bit BARs at their bus address).
 """
 
 from __future__ import annotations
@@ -35,9 +37,19 @@ from migstream.arch.elf_notes import (
     reg_value,
     struct_order,
 )
-from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
+from migstream.arch.memory_layout import add_if_free
+from migstream.arch.model import (
+    Arch,
+    CpuState,
+    DetectionHints,
+    LayoutContext,
+    MachineFamily,
+    MachineVersion,
+    RegisterValue,
+)
+from migstream.arch.pci import bar_placements
 from migstream.errors import StreamFormatError
-from migstream.ram.layout import Placement
+from migstream.ram.layout import FOUR_GIB, Placement
 
 NAME = "ppc64"
 
@@ -232,7 +244,40 @@ def _elf_byteorder(cpus: Sequence[CpuState]) -> str:
 def _place_ram(
     family: str, version: MachineVersion, block: str, size: int, notes: list[str]
 ) -> list[Placement]:
-    return [Placement(block, 0, 0, size)]
+    return [Placement(block, 0, 0, size, "ram", "machine rule")]
+
+
+#: sPAPR host bridges: the first BUID, where the windows start, the 32-bit window (bus
+#: addresses from 2 GiB, 2 GiB long, one per bridge above the base) and the 64-bit one
+#: (bus address = guest-physical address).
+SPAPR_BASE_BUID = 0x800000020000000
+SPAPR_PCI_BASE = 1 << 45
+SPAPR_PCI_MEM_WIN_BUS_OFFSET = 0x8000_0000
+SPAPR_PCI_MEM32_WIN_SIZE = 0x8000_0000
+_SPAPR_PHB = re.compile(r"^pci@([0-9a-f]+):", re.IGNORECASE)
+
+
+def _spapr_bus_to_gpa(address: str, bus: int, size: int) -> int | None:
+    m = _SPAPR_PHB.match(address)
+    if m is None:
+        return None
+    index = int(m.group(1), 16) - SPAPR_BASE_BUID
+    if index < 0:
+        return None
+    start = SPAPR_PCI_MEM_WIN_BUS_OFFSET
+    if start <= bus and bus + size <= start + SPAPR_PCI_MEM32_WIN_SIZE:
+        return SPAPR_PCI_BASE + (index + 1) * SPAPR_PCI_MEM32_WIN_SIZE + bus - start
+    if bus >= FOUR_GIB:
+        return bus
+    return None
+
+
+def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
+    """Device memory behind the BARs of PCI devices, through the sPAPR host bridge windows."""
+    out = list(placed)
+    for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes, _spapr_bus_to_gpa):
+        add_if_free(out, p, ctx.notes)
+    return out
 
 
 # -------------------------------------------------------------------- description
@@ -246,7 +291,13 @@ ARCH = Arch(
     elf_notes=_elf_notes,
     elf_byteorder_of=_elf_byteorder,
     families=(
-        MachineFamily("pseries", (re.compile(r"^pseries(?:-(\d+)\.(\d+))?"),), "ppc_spapr.ram", _place_ram),
+        MachineFamily(
+            "pseries",
+            (re.compile(r"^pseries(?:-(\d+)\.(\d+))?"),),
+            "ppc_spapr.ram",
+            _place_ram,
+            refine=_refine,
+        ),
     ),
     detect=DetectionHints(
         machine=re.compile(r"^pseries|^powernv"),

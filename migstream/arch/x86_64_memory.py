@@ -234,9 +234,9 @@ def _chipset(ctx: LayoutContext, host: str, config: bytes, out: list[Placement])
     for gpa, size, index, shift in _pam_segments():
         mode = (config[pam0 + index] >> shift) & PAM_ATTR_MASK
         if mode:
-            added.append(Placement(main, gpa, gpa, size, "ram", f"PAM {name} {pam0:#x}+: RAM"))
+            added.append(Placement(main, gpa, gpa, size, "ram", f"PAM {name} {pam0:#x}-{pam0 + 6:#x}: RAM"))
         else:
-            added += _pci_window(ctx, gpa, size, f"PAM {name} {pam0:#x}+: PCI")
+            added += _pci_window(ctx, gpa, size, f"PAM {name} {pam0:#x}-{pam0 + 6:#x}: PCI window")
     out += _merge(added)
     if q35 and esmramc & MCH_HOST_BRIDGE_ESMRAMC_T_EN:
         out = _tseg(ctx, out, esmramc)
