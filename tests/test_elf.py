@@ -259,7 +259,8 @@ def test_x86_outside_long_mode_is_em_386() -> None:
     assert (ds, fs) == (0x10, 0x18)
     _orig, eip, cs, _, eflags, esp, _ss, _ = struct.unpack_from("<2I2H2I2H", pr0, 116)
     assert (eip, cs, eflags, esp) == (0xFFF0, 0xF000, 0x2, 0x7000)
-    assert struct.unpack_from("<I", pr1, 72 + 24)[0] == 0x55 and struct.unpack_from("<I", pr1, 120)[0] == 0x7C00
+    assert struct.unpack_from("<I", pr1, 72 + 24)[0] == 0x55
+    assert struct.unpack_from("<I", pr1, 120)[0] == 0x7C00
 
 
 def _notes_of(layout: ElfCoreLayout) -> list[tuple[bytes, Any, bytes]]:
@@ -285,7 +286,20 @@ def test_arch_header_and_prstatus(arch: str, regs: dict[str, int], machine: int,
     name, ntype, desc = notes[0]
     assert (name, ntype, len(desc)) == (b"CORE", "NT_PRSTATUS", PRSTATUS_SIZE[arch])
     e = "<" if order == "little" else ">"
-    assert struct.unpack_from(e + "I", desc, PRSTATUS_PID_OFFSET)[0] == 1
+    # pr_pid as QEMU writes it: the vCPU's device-tree id on ppc64 (its index), index + 1
+    # elsewhere; s390x leaves it in the host's byte order (little endian).
+    pid_order = "<" if arch == "s390x" else e
+    pid = struct.unpack_from(pid_order + "I", desc, PRSTATUS_PID_OFFSET)[0]
+    assert pid == (0 if arch == "ppc64" else 1)
+    kinds = [t for _, t, _ in notes]
+    if arch == "ppc64":
+        assert kinds == ["NT_PRSTATUS", "NT_FPREGSET", 0x100, 0x102, 0x101]  # VMX, VSX, SPE
+        assert [len(d) for _, _, d in notes[2:]] == [544, 256, 140]
+    if arch == "s390x":
+        assert kinds[-3:] == [0x309, 0x30A, 0x30B]  # VXRS_LOW, VXRS_HIGH, GS_CB
+        assert [len(d) for _, _, d in notes[-3:]] == [128, 256, 32]
+    if arch == "aarch64":
+        assert struct.unpack_from(e + "i", desc, PRSTATUS_REG_OFFSET + 34 * 8)[0] == 1  # pr_fpvalid
     first_reg = struct.unpack_from(e + "Q", desc, PRSTATUS_REG_OFFSET)[0]
     if arch == "s390x":
         assert first_reg == 0  # psw mask first
