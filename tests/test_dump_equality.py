@@ -10,14 +10,18 @@ ELF), then migrates the same guest to a file and runs ``migstream memory
   registers, compared field by field.
 
 A real booted Linux guest (``/work/shared/tools/make-linux-guest.sh``) is
-compared the same way when its captures are at hand: set
-``MIGSTREAM_LINUX_GUEST`` to the script's WORK folder (holding
-``<case>/qemu.core`` and ``<case>/stream.mig``).
+compared the same way when its captures are at hand: ``$MIGSTREAM_LINUX_GUEST``,
+else ``~/.cache/migstream/linux-guest-work`` (the script's WORK: raw
+``<case>/qemu.core`` and ``<case>/stream.mig``, with the kernel and initramfs),
+else ``~/.cache/migstream/linux-guest`` (its OUT: ``qemu-core.xz`` and
+``stream.mig.xz``).  With ``MIGSTREAM_MAKE_LINUX_GUEST=1`` and none of them,
+the script is run once into the WORK folder (a few minutes; it needs apt-get).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -238,20 +242,56 @@ def test_paused_guest_matches_dump_guest_memory(case: Case, tmp_path: Path) -> N
 
 
 LINUX_CASES = ["pc-1cpu", "q35-2cpu", "q35-max-512m"]
+MAKE_LINUX_GUEST = Path("/work/shared/tools/make-linux-guest.sh")
+CACHE = Path(os.environ.get("MIGSTREAM_CACHE", Path.home() / ".cache" / "migstream"))
+
+
+def _linux_dirs() -> list[Path]:
+    env = os.environ.get("MIGSTREAM_LINUX_GUEST")
+    dirs = [Path(env)] if env else []
+    return [*dirs, CACHE / "linux-guest-work", CACHE / "linux-guest"]
+
+
+def _capture(folder: Path, raw: str, packed: str, tmp: Path) -> Path | None:
+    """``folder/raw``, or ``folder/packed`` (xz) unpacked into ``tmp``; None when neither exists."""
+    if (folder / raw).exists():
+        return folder / raw
+    if (folder / packed).exists():
+        out = tmp / raw
+        with open(out, "wb") as f:
+            subprocess.run(["xz", "-dc", str(folder / packed)], stdout=f, check=True, timeout=600)
+        return out
+    return None
+
+
+def _make_linux_guest() -> None:
+    """Run make-linux-guest.sh once into the cache, when asked to and when it can run."""
+    work = CACHE / "linux-guest-work"
+    wanted = os.environ.get("MIGSTREAM_MAKE_LINUX_GUEST") == "1"
+    if not wanted or (work / LINUX_CASES[0] / "stream.mig").exists() or not MAKE_LINUX_GUEST.exists():
+        return
+    if shutil.which("apt-get") is None or shutil.which("xz") is None:
+        return
+    env = {**os.environ, "WORK": str(work), "OUT": str(work / "out"), "KEEP_RAW": "1"}
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["bash", str(MAKE_LINUX_GUEST)], env=env, cwd=work, check=False, timeout=3600)
 
 
 @pytest.mark.parametrize("name", LINUX_CASES)
 def test_booted_linux_matches_dump_guest_memory(name: str, tmp_path: Path) -> None:
-    work = os.environ.get("MIGSTREAM_LINUX_GUEST")
-    folder = Path(work) / name if work else None
-    if folder is None or not (folder / "qemu.core").exists() or not (folder / "stream.mig").exists():
-        pytest.skip(
-            "no Linux guest captures (run make-linux-guest.sh, set MIGSTREAM_LINUX_GUEST to its WORK)"
-        )
+    _make_linux_guest()
+    core = stream = None
+    for folder in (d / name for d in _linux_dirs()):
+        core = _capture(folder, "qemu.core", "qemu-core.xz", tmp_path)
+        stream = _capture(folder, "stream.mig", "stream.mig.xz", tmp_path) if core else None
+        if core is not None and stream is not None:
+            break
+    if core is None or stream is None:
+        pytest.skip("no make-linux-guest.sh captures (see the module docstring)")
     mine, raw = tmp_path / "mine.core", tmp_path / "mine.raw"
-    migstream_memory(folder / "stream.mig", mine, "elf")
-    migstream_memory(folder / "stream.mig", raw, "raw")
-    compared, differ = compare_cores(folder / "qemu.core", mine, raw, {})
+    migstream_memory(stream, mine, "elf")
+    migstream_memory(stream, raw, "raw")
+    compared, differ = compare_cores(core, mine, raw, {})
     _report(f"linux {name}", compared, differ)
     assert compared > 60000
 
@@ -273,12 +313,12 @@ def _wait_serial(path: Path, marker: bytes, guest: QemuGuest, timeout: float) ->
 def test_booted_linux_vbe_mode(machine: str, tmp_path: Path) -> None:
     """The kernel and initramfs of make-linux-guest.sh booted with ``vga=0x317``: the BIOS leaves
     the VGA in a VBE mode, so QEMU maps VRAM (chain 4) at 0xa0000 and the BIOS maps the BARs."""
-    work = os.environ.get("MIGSTREAM_LINUX_GUEST")
-    kernel = Path(work) / "vmlinuz" if work else None
-    initrd = Path(work) / "initramfs.cpio.gz" if work else None
+    _make_linux_guest()
+    work = next((d for d in _linux_dirs() if (d / "vmlinuz").exists()), None)
     binary = find_qemu("qemu-system-x86_64")
-    if kernel is None or initrd is None or not kernel.exists() or not initrd.exists() or binary is None:
-        pytest.skip("no make-linux-guest.sh kernel and initramfs (MIGSTREAM_LINUX_GUEST = its WORK)")
+    if work is None or not (work / "initramfs.cpio.gz").exists() or binary is None:
+        pytest.skip("no make-linux-guest.sh kernel and initramfs (see the module docstring)")
+    kernel, initrd = work / "vmlinuz", work / "initramfs.cpio.gz"
     serial = tmp_path / "serial.log"
     args = (
         "-device", "VGA", "-kernel", str(kernel), "-initrd", str(initrd),
