@@ -409,3 +409,32 @@ def test_no_host_bridge_section_is_said() -> None:
     mm = memory_map(X86_BLOCKS, machine="pc", arch=None, devices=[("cpu", 0, Struct(0))])
     assert any("I440FX" in n and "not applied" in n for n in mm.notes)
     assert mm.block_at(0xA0000) == ("pc.ram", 0xA0000)
+
+
+def test_pseries_bars_through_the_bridge_windows() -> None:
+    """sPAPR bridge 0: bus addresses from 2 GiB show at 0x200080000000; 64-bit BARs 1:1."""
+    blocks = [("ppc_spapr.ram", 512 * MiB), ("pci@800000020000000:00.0/vga.vram", 16 * MiB),
+              ("pci@800000020000001:01.0/vga.vram", 16 * MiB)]  # fmt: skip
+    bar32 = (0x80000008).to_bytes(4, "little")
+    bar64 = (0x210000000000 | 0xC).to_bytes(8, "little")  # 64-bit prefetchable
+    devices = [
+        _pci_device("pci@800000020000000:00.0/vga", {0x04: 0x02, 0x10: bar32}),
+        _pci_device("pci@800000020000001:01.0/vga", {0x04: 0x02, 0x10: bar64}),
+    ]
+    mm = memory_map(blocks, machine="pseries-7.2", arch=None, devices=devices)
+    assert mm.gpa_of("pci@800000020000000:00.0/vga.vram", 0) == 0x2000_8000_0000
+    assert mm.gpa_of("pci@800000020000001:01.0/vga.vram", 0) == 0x2100_0000_0000
+    assert mm.gpa_of("ppc_spapr.ram", 0) == 0
+
+
+def test_virt_bars_are_bus_addresses() -> None:
+    blocks = [("mach-virt.ram", 128 * MiB), ("0000:00:01.0/vga.vram", 16 * MiB)]
+    devices = [_pci_device("0000:00:01.0/vga", {0x04: 0x02, 0x10: (0x10000008).to_bytes(4, "little")})]
+    mm = memory_map(blocks, machine="virt-7.2", arch=None, devices=devices)
+    assert mm.gpa_of("0000:00:01.0/vga.vram", 0) == 0x1000_0000
+
+
+def test_isapc_rom_windows_over_ram() -> None:
+    mm = memory_map(X86_BLOCKS[:3], machine="isapc", arch=None, devices=[("cpu", 0, Struct(0))])
+    assert mm.block_at(0xA0000) == ("pc.ram", 0xA0000)
+    assert mm.block_at(0xC0000) == ("pc.rom", 0) and mm.block_at(0xE0000) == ("pc.bios", 0x20000)
