@@ -70,11 +70,7 @@ CASES = [
 ]
 
 #: Fields where migstream knowingly differs, per case: ``(note type, desc offset)`` -> why.
-#: The VSCR register is not decoded from the ppc vCPU state yet (QEMU resets it to NJ).
-KNOWN_GAPS: dict[str, dict[tuple[int, int], str]] = {
-    "ppc64-pseries": {(0x100, 32 * 16 + 8): "NT_PPC_VMX VSCR: not decoded from cpu/altivec"},
-    "ppc64-pseries-slof-vga": {(0x100, 32 * 16 + 8): "NT_PPC_VMX VSCR: not decoded from cpu/altivec"},
-}
+KNOWN_GAPS: dict[str, dict[tuple[int, int], str]] = {}
 
 # ``pr_reg`` of NT_PRSTATUS per e_machine: (offset of pr_pid, offset of pr_reg, struct format, names).
 # fmt: off

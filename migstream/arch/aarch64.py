@@ -142,6 +142,19 @@ def _vector(cpu: CpuState, byteorder: str, *names: str) -> bytes:
     return (value & ((1 << 128) - 1)).to_bytes(16, "little" if byteorder == "little" else "big")
 
 
+def _note_state(f: CpuFields, extra: dict[str, int]) -> None:
+    """The 128-bit vector registers ``v0..v31`` (low half ``d[0]``, high half ``d[1]``)."""
+    vfp = f.sub("cpu/vfp")
+    if vfp is None:
+        return
+    for i in range(32):
+        name = f"env.vfp.zregs[{i}].d"
+        if vfp.has(name):
+            halves = vfp.uints(name)
+            if len(halves) >= 2:
+                extra.setdefault(f"v{i}", halves[0] | halves[1] << 64)
+
+
 def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
     e = struct_order(byteorder)
     out: list[ElfNote] = []
@@ -202,6 +215,7 @@ ARCH = Arch(
     decode=_decode,
     format=_format,
     elf_notes=_elf_notes,
+    note_state=_note_state,
     families=(
         MachineFamily(
             "virt",

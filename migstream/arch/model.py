@@ -151,6 +151,9 @@ class Arch:
     builtin_note: str = ""
     #: ``e_machine`` when it depends on the vCPU state (x86: EM_386 outside long mode).
     elf_machine_of: Callable[[Sequence[CpuState]], int] | None = None
+    #: State only the ELF notes need (vector and FP registers, timers...): read from the
+    #: ``cpu`` section into the extra state dict, where the notes find it by name.
+    note_state: Callable[[CpuFields, dict[str, int]], None] | None = None
 
     def elf_machine_for(self, cpus: Sequence[CpuState]) -> int:
         """The ``e_machine`` QEMU's ``dump-guest-memory`` would give a core of these vCPUs."""

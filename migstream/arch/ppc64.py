@@ -208,6 +208,26 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
     return out
 
 
+def _note_state(f: CpuFields, extra: dict[str, int]) -> None:
+    """What the notes need beyond the registers: FPRs and FPSCR, VSCR (the VMX and VSX
+    register halves are not read yet: their wire layout follows the host of the source)."""
+    fpu = f.sub("cpu/fpu")
+    if fpu is not None:
+        if fpu.has("env.vsr"):
+            for i, raw in enumerate(fpu.raw("env.vsr")[:32]):
+                if isinstance(raw, bytes) and len(raw) == 8:
+                    extra.setdefault(f"f{i}", int.from_bytes(raw, "big"))
+        if fpu.has("env.fpscr"):
+            extra.setdefault("fpscr", fpu.uint("env.fpscr"))
+    altivec = f.sub("cpu/altivec")
+    if altivec is not None and altivec.has("vscr"):
+        raw = altivec.raw("vscr")
+        if isinstance(raw, bytes) and len(raw) == 4:
+            extra.setdefault("vscr", int.from_bytes(raw, "big"))
+        elif isinstance(raw, int):
+            extra.setdefault("vscr", raw & MASK32)
+
+
 def _vmx(e: str, byteorder: str, cpu: CpuState) -> bytes:
     """``NT_PPC_VMX``: the 32 vector registers, VSCR in the last word of a 16-byte slot, VRSAVE."""
     buf = bytearray(VMX_SIZE)
@@ -289,6 +309,7 @@ ARCH = Arch(
     decode=_decode,
     format=_format,
     elf_notes=_elf_notes,
+    note_state=_note_state,
     elf_byteorder_of=_elf_byteorder,
     families=(
         MachineFamily(

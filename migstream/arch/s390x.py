@@ -90,6 +90,40 @@ NT_S390_VXRS_HIGH = 0x30A
 NT_S390_GS_CB = 0x30B
 
 
+def _note_state(f: CpuFields, extra: dict[str, int]) -> None:
+    """What the notes need beyond the registers: FPRs (the left halves of V0-V15), the
+    vector registers ``v0..v31`` (128 bits), FPC, access registers, prefix, timers, GS block."""
+    fpu, vregs = f.sub("cpu/fpu"), f.sub("cpu/vregs")
+    left: dict[int, int] = {}
+    right: dict[int, int] = {}
+    for sub in (fpu, vregs):
+        if sub is None:
+            continue
+        for i in range(32):
+            for half, into in ((0, left), (1, right)):
+                name = f"env.vregs[{i}][{half}]"
+                if sub.has(name):
+                    into[i] = sub.uint(name)
+    for i, value in left.items():
+        if i < 16:
+            extra.setdefault(f"f{i}", value)
+    for i in set(left) | set(right):
+        extra.setdefault(f"v{i}", left.get(i, 0) << 64 | right.get(i, 0))
+    if fpu is not None and fpu.has("env.fpc"):
+        extra.setdefault("fpc", fpu.uint("env.fpc", 32))
+    if f.has("env.aregs"):
+        for i, value in enumerate(f.uints("env.aregs", 32)[:16]):
+            extra.setdefault(f"a{i}", value)
+    for key, name, bits in (("prefix", "env.psa", 64), ("cputm", "env.cputm", 64),
+                            ("ckc", "env.ckc", 64), ("todpr", "env.todpr", 32)):  # fmt: skip
+        if f.has(name):
+            extra.setdefault(key, f.uint(name, bits))
+    gs = f.sub("cpu/gscb")
+    if gs is not None and gs.has("env.gscb"):
+        for i, value in enumerate(gs.uints("env.gscb")[:4]):
+            extra.setdefault(f"gscb{i}", value)
+
+
 def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
     e = struct_order(byteorder)
     out: list[ElfNote] = []
@@ -147,6 +181,7 @@ ARCH = Arch(
     decode=_decode,
     format=_format,
     elf_notes=_elf_notes,
+    note_state=_note_state,
     families=(
         MachineFamily(
             "s390-ccw-virtio", (re.compile(r"^s390-ccw-virtio(?:-(\d+)\.(\d+))?"),), "s390.ram", _place_ram
