@@ -54,6 +54,15 @@ class Case:
     args: tuple[str, ...] = ()
     #: Seconds the guest runs (its firmware) before it is paused; 0: paused from reset.
     run: float = 0
+    #: A program loaded into guest RAM (``{prog}`` in ``args`` names its file).
+    program: bytes = b""
+
+
+#: aarch64: enable FP (CPACR_EL1.FPEN), x0 = 0x1234, d0 = x0, v1.d[1] = x0, x2 = 1, then spin:
+#: the NT_PRFPREG note then holds non-zero vector registers.
+AARCH64_FP_PROGRAM = struct.pack(
+    "<8I", 0xD2A00601, 0xD5181041, 0xD5033FDF, 0xD2824680, 0x9E670000, 0x4E181C01, 0xD2800022, 0x14000000
+)
 
 
 CASES = [
@@ -62,6 +71,15 @@ CASES = [
     Case("aarch64-virt", "qemu-system-aarch64", "virt", "128M", ("-cpu", "cortex-a57", "-smp", "2")),
     Case("ppc64-pseries", "qemu-system-ppc64", "pseries", "512M"),
     Case("s390x-ccw", "qemu-system-s390x", "s390-ccw-virtio", "128M"),
+    Case(
+        "aarch64-virt-fp-program",
+        "qemu-system-aarch64",
+        "virt",
+        "128M",
+        ("-cpu", "cortex-a57", "-device", "loader,file={prog},addr=0x40200000,cpu-num=0"),
+        run=1,
+        program=AARCH64_FP_PROGRAM,
+    ),  # fmt: skip
     # Firmware ran: SeaBIOS programs PAM and BARs, SLOF and the s390 BIOS leave registers set.
     Case("x86-pc-seabios", "qemu-system-x86_64", "pc", "128M", ("-device", "VGA"), run=3),
     Case("x86-q35-seabios", "qemu-system-x86_64", "q35", "128M", ("-device", "VGA"), run=3),
@@ -215,7 +233,10 @@ def test_paused_guest_matches_dump_guest_memory(case: Case, tmp_path: Path) -> N
         pytest.skip(f"{case.binary} is not installed")
     core, stream = tmp_path / "qemu.core", tmp_path / "stream.mig"
     paused = not case.run
-    with QemuGuest(case.machine, case.memory, binary=binary, extra_args=case.args, paused=paused) as guest:
+    prog = tmp_path / "prog.bin"
+    prog.write_bytes(case.program)
+    args = [a.replace("{prog}", str(prog)) for a in case.args]
+    with QemuGuest(case.machine, case.memory, binary=binary, extra_args=args, paused=paused) as guest:
         if case.run:
             time.sleep(case.run)
             guest.stop()
