@@ -241,11 +241,10 @@ def _chipset(ctx: LayoutContext, host: str, config: bytes, out: list[Placement])
     if q35 and esmramc & MCH_HOST_BRIDGE_ESMRAMC_T_EN:
         out = _tseg(ctx, out, esmramc)
     if q35 and d_open and h_smrame:
-        out.append(
-            Placement(
-                main, SMRAM_WINDOW[0], OPEN_HIGH_SMRAM, SMRAM_WINDOW[1], "ram", f"SMRAM open high ({reg})"
-            )
+        high = Placement(
+            main, SMRAM_WINDOW[0], OPEN_HIGH_SMRAM, SMRAM_WINDOW[1], "ram", f"SMRAM open high ({reg})"
         )
+        add_if_free(out, high, notes)
     return out
 
 
