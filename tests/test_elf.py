@@ -444,3 +444,25 @@ def test_gdb_multiarch(tmp_path: Path, arch: str, regs: dict[str, int], pc_name:
     assert got[pc_name] == pc
     assert got["r0" if arch != "aarch64" else "x0"] == 0xDEAD
     assert got["r7" if arch != "aarch64" else "x7"] == 7
+
+
+def test_x86_elf32_below_4gib_outside_long_mode() -> None:
+    """QEMU's rule: EM_386 and every range ending below 4 GiB -> an ELF32 core."""
+    ranges = [(0, 0xA0000), (0x100000, 0x1000)]
+    cpus = [dataclasses.replace(c, extra={}) for c in X86_CPUS]
+    layout = build_elf_core(ranges, cpus, "x86_64")
+    h = layout.header
+    assert h[4] == 1 and layout.elf_class == 32  # ELFCLASS32
+    e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, ehsize, phentsize, phnum = struct.unpack_from(
+        "<HHIIIIIHHH", h, 16
+    )
+    assert (e_type, e_machine, e_phoff, ehsize, phentsize, phnum) == (4, EM_386, 52, 52, 32, 3)
+    loads = [struct.unpack_from("<8I", h, 52 + 32 * i) for i in (1, 2)]
+    assert [(p[0], p[2], p[3], p[4]) for p in loads] == [(1, g, g, s) for g, s in ranges]
+    with io.BytesIO(h + bytes(layout.total_size - len(h))) as f:
+        elf = ELFFile(f)
+        assert elf.elfclass == 32 and elf["e_machine"] == "EM_386"
+        assert [n for n, _t, _d in _elf_notes(f)] == [b"CORE", b"CORE", b"QEMU", b"QEMU"]
+    # Long mode, or memory reaching 4 GiB: ELF64.
+    assert build_elf_core(ranges, X86_CPUS, "x86_64").elf_class == 64
+    assert build_elf_core([(0xFFFFF000, 0x1000)], cpus, "x86_64").elf_class == 64

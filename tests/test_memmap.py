@@ -325,11 +325,17 @@ def _pci_device(idstr: str, config: dict[int, int | bytes]) -> tuple[str, int, S
     return idstr, 0, top
 
 
-def _x86(machine: str, host: dict[int, int | bytes], vga: dict[int, int | bytes] | None = None) -> MemoryMap:
+def _x86(
+    machine: str,
+    host: dict[int, int | bytes],
+    vga: dict[int, int | bytes] | None = None,
+    has_vga: bool = True,
+) -> MemoryMap:
+    """The map with a host bridge and (unless ``has_vga`` is false) a VGA-class PCI device."""
     name = "0000:00:00.0/mch" if "q35" in machine else "0000:00:00.0/I440FX"
     devices = [_pci_device(name, host)]
-    if vga is not None:
-        devices.append(_pci_device("0000:00:02.0/vga", vga))
+    if has_vga:
+        devices.append(_pci_device("0000:00:02.0/vga", {0x0B: 0x03, **(vga or {})}))
     return memory_map(X86_BLOCKS, machine=machine, arch=None, devices=devices)
 
 
@@ -345,6 +351,22 @@ def test_i440fx_pam_routes_each_segment() -> None:
     assert mm.block_at(0x9FFFF) == ("pc.ram", 0x9FFFF) and mm.block_at(0x100000) == ("pc.ram", 0x100000)
     sources = {p.source for p in mm.placements if 0xC0000 <= p.gpa < 0x100000}
     assert all(s.startswith("PAM I440FX") for s in sources)
+
+
+def test_without_vga_ram_shows_through_the_window() -> None:
+    """Nothing in the PCI window at 0xa0000 (no VGA device): QEMU's dump shows RAM there."""
+    mm = _x86("pc-i440fx-7.2", {}, has_vga=False)
+    assert mm.block_at(0xA0000) == ("pc.ram", 0xA0000) and mm.block_at(0xBFFFF) == ("pc.ram", 0xBFFFF)
+    assert mm.block_at(0xC0000) == ("pc.rom", 0)
+
+
+def test_small_isa_bios_leaves_ram_in_the_window() -> None:
+    """A 64 KiB BIOS fills only 0xf0000-0xfffff; 0xe0000-0xeffff in PCI mode shows RAM."""
+    blocks = [("pc.ram", 128 * MiB), ("pc.bios", 64 * KiB), ("pc.rom", 128 * KiB)]
+    devices = [_pci_device("0000:00:00.0/I440FX", {})]
+    mm = memory_map(blocks, machine="pc-i440fx-7.2", arch=None, devices=devices)
+    assert mm.block_at(0xE0000) == ("pc.ram", 0xE0000)
+    assert mm.block_at(0xF0000) == ("pc.bios", 0)
 
 
 def test_reset_state_is_the_pci_window() -> None:

@@ -151,9 +151,18 @@ class Arch:
     builtin_note: str = ""
     #: ``e_machine`` when it depends on the vCPU state (x86: EM_386 outside long mode).
     elf_machine_of: Callable[[Sequence[CpuState]], int] | None = None
+    #: ELF class (32 or 64) when it depends on the vCPUs and the ranges (x86: QEMU writes
+    #: ELFCLASS32 for a guest outside long mode whose memory all ends below 4 GiB).
+    elf_class_of: Callable[[Sequence[CpuState], Sequence[tuple[int, int]]], int] | None = None
     #: State only the ELF notes need (vector and FP registers, timers...): read from the
     #: ``cpu`` section into the extra state dict, where the notes find it by name.
     note_state: Callable[[CpuFields, dict[str, int]], None] | None = None
+
+    def elf_class_for(self, cpus: Sequence[CpuState], ranges: Sequence[tuple[int, int]]) -> int:
+        """32 or 64: the ELF class QEMU's ``dump-guest-memory`` would write."""
+        if self.elf_class_of is None:
+            return 64
+        return self.elf_class_of(cpus, ranges)
 
     def elf_machine_for(self, cpus: Sequence[CpuState]) -> int:
         """The ``e_machine`` QEMU's ``dump-guest-memory`` would give a core of these vCPUs."""

@@ -13,9 +13,9 @@ the translated code when it is saved).
 ELF notes: one ``NT_PRSTATUS`` per vCPU, then one "QEMU" note per vCPU (QEMU's
 CPU state record: GPRs, segments, descriptor tables, CR0-CR4, KERNEL_GS_BASE).
 As in QEMU, the core is ``EM_X86_64`` with the x86_64 ``elf_prstatus`` when
-vCPU 0 is in long mode, else ``EM_386`` with the i386 ``elf_prstatus`` (still
-an ELF64 file: QEMU makes it ELF64 once memory reaches 4 GiB, which the BIOS
-at the top of 4 GiB always does).
+vCPU 0 is in long mode, else ``EM_386`` with the i386 ``elf_prstatus``; that
+one is an ELF32 file unless memory reaches 4 GiB (a BIOS at the top of 4 GiB
+does; pflash, which the dump leaves out, does not).
 
 The memory layout of the pc, q35 and isapc families is in
 :mod:`migstream.arch.x86_64_memory`.
@@ -266,6 +266,13 @@ def _elf_machine(cpus: Sequence[CpuState]) -> int:
     return EM_X86_64 if _long_mode(cpus) else EM_386
 
 
+def _elf_class(cpus: Sequence[CpuState], ranges: Sequence[tuple[int, int]]) -> int:
+    """ELFCLASS32 outside long mode when every range ends at or below 4 GiB - 1, as QEMU decides."""
+    if _long_mode(cpus) or any(gpa + size > MASK32 for gpa, size in ranges):
+        return 64
+    return 32
+
+
 def _prstatus64(e: str, cpu: CpuState) -> bytes:
     regs = []
     for name in X86_64_PR_REG:
@@ -347,6 +354,7 @@ ARCH = Arch(
     format=_format,
     elf_notes=_elf_notes,
     elf_machine_of=_elf_machine,
+    elf_class_of=_elf_class,
     decode_builtin=decode_builtin,
     builtin_note=BUILTIN_NOTE,
     families=FAMILIES,

@@ -16,12 +16,14 @@ From the machine type alone:
 From the decoded device state (the host bridge's PCI configuration space), as
 QEMU's ``dump-guest-memory`` sees guest memory:
 
-* 0xa0000-0xbffff: the PCI window (VGA MMIO, or nothing) while SMRAM is
-  closed, RAM when the SMRAM register opens it (q35: and H_SMRAME is clear).
+* 0xa0000-0xbffff: while SMRAM is closed, the PCI window: the memory-mapped
+  I/O of a VGA device (left out), or, without one, nothing there, so RAM shows
+  through; RAM when the SMRAM register opens it (q35: and H_SMRAME is clear).
 * 0xc0000-0xfffff: thirteen PAM segments (0xc0000-0xeffff in 16 KiB steps,
   0xf0000-0xfffff whole).  A segment whose read attribute is 0 shows the PCI
   window: ``pc.rom`` at 0xc0000 and the ISA BIOS (the last 128 KiB at most of
-  ``pc.bios``, or the ``isa-bios`` block) ending at 1 MiB; otherwise RAM.
+  ``pc.bios``, or the ``isa-bios`` block of a pflash machine) ending at 1 MiB,
+  RAM where neither is; otherwise RAM.
 * q35 TSEG: with T_EN the top of RAM below 4 GiB (1, 2, 8 MiB or the extended
   size, 16 MiB) reads as a black hole, left out; open SMRAM with H_SMRAME
   shows RAM 0xa0000-0xbffff at 0xfeda0000.
@@ -40,7 +42,7 @@ from dataclasses import replace
 
 from migstream.arch.memory_layout import add_if_free, punch
 from migstream.arch.model import LayoutContext, MachineFamily, MachineVersion
-from migstream.arch.pci import bar_placements, find_config
+from migstream.arch.pci import bar_placements, config_space, find_config, pci_address
 from migstream.ram.layout import FOUR_GIB, KiB, MiB, Placement, human_size
 from migstream.vmstate.values import IntArray
 
@@ -167,7 +169,8 @@ def _pam_segments() -> list[tuple[int, int, int, int]]:
 
 
 def _pci_window(ctx: LayoutContext, gpa: int, size: int, why: str) -> list[Placement]:
-    """What the PCI window shows of ``[gpa, gpa+size)`` below 1 MiB: pc.rom and the ISA BIOS."""
+    """What the PCI window shows of ``[gpa, gpa+size)`` below 1 MiB: pc.rom and the ISA BIOS;
+    where neither is, nothing in the window claims the address and main RAM shows through."""
     out: list[Placement] = []
     rom = ctx.sizes.get("pc.rom", 0) if "pc.rom" not in ctx.overridden else 0
     isa_block = "isa-bios" if "isa-bios" in ctx.sizes else "pc.bios"
@@ -178,7 +181,36 @@ def _pci_window(ctx: LayoutContext, gpa: int, size: int, why: str) -> list[Place
         lo, hi = max(gpa, start), min(gpa + size, start + length)
         if lo < hi:
             out.append(Placement(block, base + lo - start, lo, hi - lo, "firmware", why))
+    return out + _ram_between(ctx, gpa, gpa + size, out, why + " (empty there: RAM)")
+
+
+def _ram_between(
+    ctx: LayoutContext, start: int, end: int, taken: list[Placement], why: str
+) -> list[Placement]:
+    """Main RAM over ``[start, end)`` where ``taken`` leaves it free (identity offsets)."""
+    out: list[Placement] = []
+    cursor = start
+    for p in sorted(taken, key=lambda p: p.gpa):
+        if p.gpa > cursor and ctx.main:
+            out.append(Placement(ctx.main, cursor, cursor, p.gpa - cursor, "ram", why))
+        cursor = max(cursor, p.gpa_end)
+    if cursor < end and ctx.main:
+        out.append(Placement(ctx.main, cursor, cursor, end - cursor, "ram", why))
     return out
+
+
+def _vga_claims_window(ctx: LayoutContext) -> str | None:
+    """The device whose VGA memory-mapped I/O sits at 0xa0000-0xbffff, if any: a PCI device of
+    class 0x0300 (VGA compatible) or an ISA VGA."""
+    for idstr, _instance, fields in ctx.devices:
+        base = idstr.rsplit("/", 1)[-1]
+        if base in ("vga", "isa-vga") and pci_address(idstr) is None:
+            return idstr
+        if pci_address(idstr) is not None:
+            config = config_space(fields)
+            if config is not None and len(config) > 0x0B and config[0x0A] == 0x00 and config[0x0B] == 0x03:
+                return idstr
+    return None
 
 
 def _merge(placements: list[Placement]) -> list[Placement]:
@@ -221,13 +253,19 @@ def _chipset(ctx: LayoutContext, host: str, config: bytes, out: list[Placement])
     if d_open and not h_smrame:
         added.append(Placement(main, SMRAM_WINDOW[0], *SMRAM_WINDOW, "ram", f"SMRAM open ({reg})"))
     else:
-        window = _vga_chain4(ctx)
-        rest = "the rest is" if window else "it is"
-        notes.append(
-            f"{SMRAM_WINDOW[0]:#x}-{sum(SMRAM_WINDOW) - 1:#x}: SMRAM closed ({reg}), the PCI window"
-            f" shows there (VGA memory-mapped I/O when a VGA device claims it); {rest} left out like"
-            " QEMU's dump"
-        )
+        vga = _vga_claims_window(ctx)
+        window = _vga_chain4(ctx) if vga else None
+        span = f"{SMRAM_WINDOW[0]:#x}-{sum(SMRAM_WINDOW) - 1:#x}"
+        if vga is None:
+            added += _ram_between(
+                ctx, SMRAM_WINDOW[0], sum(SMRAM_WINDOW), [], f"SMRAM closed ({reg}), no VGA: RAM"
+            )
+        else:
+            rest = "the rest is" if window else "it is"
+            notes.append(
+                f"{span}: SMRAM closed ({reg}), the PCI window shows the VGA memory-mapped I/O of {vga}"
+                f" there; {rest} left out like QEMU's dump"
+            )
         if window is not None:
             added.append(window)
     pam0 = MCH_HOST_BRIDGE_PAM0 if q35 else I440FX_PAM
