@@ -82,6 +82,8 @@ CASES = [
         run=1,
         program=AARCH64_FP_PROGRAM,
     ),  # fmt: skip
+    # isapc: ROMs over RAM, the ISA VGA's I/O at 0xa0000 and its VRAM at 0xe0000000.
+    Case("x86-isapc-isa-vga", "qemu-system-x86_64", "isapc", "32M", ("-device", "isa-vga")),
     # pflash instead of pc.bios: the flash is not in the dump, the ISA BIOS is its own RAM block,
     # nothing reaches 4 GiB, so QEMU writes an ELF32 core; no VGA: RAM shows at 0xa0000.
     Case(

@@ -1,6 +1,6 @@
 """x86-64 memory layout: pc (i440fx), q35 and isapc, from the machine type and the chipset state.
 
-QEMU: hw/i386/pc.c, hw/pci-host/i440fx.c, q35.c, pam.c, hw/display/vga.c (vga_update_memory_access).
+QEMU: hw/i386/pc.c, hw/pci-host/i440fx.c, q35.c, pam.c, hw/display/vga.c, vga-isa.c.
 
 From the machine type alone:
 
@@ -30,6 +30,7 @@ QEMU's ``dump-guest-memory`` sees guest memory:
 * VGA in chain-4 mode (256-colour or VBE modes): the VRAM alias QEMU maps in
   the legacy window (0xa0000, 0xb0000 or 0xb8000, by GR06) shows through the
   PCI window while SMRAM is closed.
+* ISA VGA: its VRAM at the fixed VBE linear framebuffer address 0xe0000000.
 * PCI BARs with memory decoding on: device memory (``vga.vram``, option ROMs)
   where the device's configuration space puts it (:mod:`migstream.arch.pci`).
 """
@@ -314,6 +315,8 @@ VGA_GFX_MISC = 0x06
 VBE_DISPI_INDEX_BPP = 3
 VBE_DISPI_INDEX_ENABLE = 4
 VBE_DISPI_ENABLED = 0x01
+#: Where an ISA VGA maps its whole VRAM (the VBE linear framebuffer).
+VBE_LFB_ADDRESS = 0xE000_0000
 #: Chain-4 window by GR06 memory map select: (GPA, size, uses the bank offset).
 CHAIN4_WINDOWS = ((0xA0000, 0x20000, False), (0xA0000, 0x10000, True), (0xB0000, 0x8000, False),
                   (0xB8000, 0x8000, False))  # fmt: skip
@@ -374,6 +377,11 @@ def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
         if ctx.main and ctx.main not in ctx.overridden:
             out = punch(out, PC_ROM_START, ISA_BIOS_END)
             out += _pci_window(ctx, PC_ROM_START, ISA_BIOS_END - PC_ROM_START, "ISA ROM window")
+            if _vga_claims_window(ctx):  # the VGA's memory-mapped I/O lies over RAM
+                out = punch(out, SMRAM_WINDOW[0], sum(SMRAM_WINDOW))
+                window = _vga_chain4(ctx)
+                if window is not None:
+                    out.append(window)
     else:
         names = ("mch",) if ctx.family == "q35" else ("I440FX", "i440FX")
         host = find_config(ctx.devices, *names)
@@ -386,6 +394,12 @@ def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
             out = _chipset(ctx, host[0], host[1], out)
     for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes):
         add_if_free(out, p, ctx.notes)
+    isa_vga = any(i.rsplit("/", 1)[-1] == "vga" and pci_address(i) is None for i, _n, _f in ctx.devices)
+    if isa_vga and "vga.vram" in ctx.sizes and "vga.vram" not in ctx.overridden:
+        lfb = Placement(
+            "vga.vram", 0, VBE_LFB_ADDRESS, ctx.sizes["vga.vram"], "device", "ISA VGA linear framebuffer"
+        )
+        add_if_free(out, lfb, ctx.notes)
     return out
 
 
