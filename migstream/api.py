@@ -180,7 +180,10 @@ class Stream:
         from migstream.arch import memory_map
 
         blocks = [(b.name, b.size) for b in self.ram_blocks]
-        return memory_map(blocks, machine=self.machine, arch=self.arch, overrides=dict(overrides or {}))
+        devices = [(d.name, d.instance_id, d.state) for d in self.devices if d.state is not None]
+        return memory_map(
+            blocks, machine=self.machine, arch=self.arch, overrides=dict(overrides or {}), devices=devices
+        )
 
     def block(self, name: str) -> BlockReader:
         """One RAM block as a read-only, seekable file (``BlockReader``), at block offsets."""

@@ -6,6 +6,7 @@ from the writer: the tests share neither its constants nor its struct formats.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -29,6 +30,9 @@ from migstream.outputs.elf import ElfCoreLayout, build_elf_core
 EM_PPC64 = 21
 EM_S390 = 22
 EM_X86_64 = 62
+EM_386 = 3
+#: QEMU's hidden flag for long mode active.
+HF_LMA_MASK = 1 << 14
 EM_AARCH64 = 183
 PN_XNUM = 0xFFFF
 # <elf.h> note types (s390x ones under the name "LINUX"); QEMU's CPU state note has type 0.
@@ -74,6 +78,7 @@ X86_CPUS = [
             "gdt": {"base": 0xF6000, "limit": 0x37},
             "idt": {"base": 0, "limit": 0x3FF},
         },
+        {"hflags": HF_LMA_MASK},  # long mode: EM_X86_64 and the x86_64 elf_prstatus
     ),
     CpuState(1, "x86_64", {"eax": 0x55, "eip": 0x7C00}),  # 32-bit view names
 ]
@@ -235,6 +240,29 @@ def test_notes_x86() -> None:
     assert crs == (0x60000010, 0, 0, 0x1000, 0)
 
 
+def test_x86_outside_long_mode_is_em_386() -> None:
+    """QEMU's rule: vCPU 0 not in long mode -> EM_386 and the i386 elf_prstatus (144 bytes)."""
+    cpus = [dataclasses.replace(c, extra={}) for c in X86_CPUS]
+    layout = build_elf_core(RANGES, cpus, "x86_64")
+    assert layout.e_machine == EM_386
+    assert struct.unpack_from("<H", layout.header, 18)[0] == EM_386
+    notes = _notes_of(layout)
+    assert [(n, t, len(d)) for n, t, d in notes] == [(b"CORE", "NT_PRSTATUS", 144)] * 2 + [
+        (b"QEMU", NT_QEMU_CPUSTATE, QEMU_CPUSTATE_SIZE)
+    ] * 2
+    pr0, pr1 = notes[0][2], notes[1][2]
+    assert struct.unpack_from("<I", pr0, 24)[0] == 1 and struct.unpack_from("<I", pr1, 24)[0] == 2
+    # ebx ecx edx esi edi ebp eax, ds es fs gs (16 bits, padded), orig_eax eip cs eflags esp ss
+    ebx, _ecx, _edx, _esi, _edi, _ebp, eax = struct.unpack_from("<7I", pr0, 72)
+    assert (ebx, eax) == (0xB0B, 0x55667788)
+    ds, _, _es, _, fs, _, _gs, _ = struct.unpack_from("<8H", pr0, 100)
+    assert (ds, fs) == (0x10, 0x18)
+    _orig, eip, cs, _, eflags, esp, _ss, _ = struct.unpack_from("<2I2H2I2H", pr0, 116)
+    assert (eip, cs, eflags, esp) == (0xFFF0, 0xF000, 0x2, 0x7000)
+    assert struct.unpack_from("<I", pr1, 72 + 24)[0] == 0x55
+    assert struct.unpack_from("<I", pr1, 120)[0] == 0x7C00
+
+
 def _notes_of(layout: ElfCoreLayout) -> list[tuple[bytes, Any, bytes]]:
     return _elf_notes(io.BytesIO(layout.header))
 
@@ -258,7 +286,20 @@ def test_arch_header_and_prstatus(arch: str, regs: dict[str, int], machine: int,
     name, ntype, desc = notes[0]
     assert (name, ntype, len(desc)) == (b"CORE", "NT_PRSTATUS", PRSTATUS_SIZE[arch])
     e = "<" if order == "little" else ">"
-    assert struct.unpack_from(e + "I", desc, PRSTATUS_PID_OFFSET)[0] == 1
+    # pr_pid as QEMU writes it: the vCPU's device-tree id on ppc64 (its index), index + 1
+    # elsewhere; s390x leaves it in the host's byte order (little endian).
+    pid_order = "<" if arch == "s390x" else e
+    pid = struct.unpack_from(pid_order + "I", desc, PRSTATUS_PID_OFFSET)[0]
+    assert pid == (0 if arch == "ppc64" else 1)
+    kinds = [t for _, t, _ in notes]
+    if arch == "ppc64":
+        assert kinds == ["NT_PRSTATUS", "NT_FPREGSET", 0x100, 0x102, 0x101]  # VMX, VSX, SPE
+        assert [len(d) for _, _, d in notes[2:]] == [544, 256, 140]
+    if arch == "s390x":
+        assert kinds[-3:] == [0x309, 0x30A, 0x30B]  # VXRS_LOW, VXRS_HIGH, GS_CB
+        assert [len(d) for _, _, d in notes[-3:]] == [128, 256, 32]
+    if arch == "aarch64":
+        assert struct.unpack_from(e + "i", desc, PRSTATUS_REG_OFFSET + 34 * 8)[0] == 1  # pr_fpvalid
     first_reg = struct.unpack_from(e + "Q", desc, PRSTATUS_REG_OFFSET)[0]
     if arch == "s390x":
         assert first_reg == 0  # psw mask first
@@ -403,3 +444,25 @@ def test_gdb_multiarch(tmp_path: Path, arch: str, regs: dict[str, int], pc_name:
     assert got[pc_name] == pc
     assert got["r0" if arch != "aarch64" else "x0"] == 0xDEAD
     assert got["r7" if arch != "aarch64" else "x7"] == 7
+
+
+def test_x86_elf32_below_4gib_outside_long_mode() -> None:
+    """QEMU's rule: EM_386 and every range ending below 4 GiB -> an ELF32 core."""
+    ranges = [(0, 0xA0000), (0x100000, 0x1000)]
+    cpus = [dataclasses.replace(c, extra={}) for c in X86_CPUS]
+    layout = build_elf_core(ranges, cpus, "x86_64")
+    h = layout.header
+    assert h[4] == 1 and layout.elf_class == 32  # ELFCLASS32
+    e_type, e_machine, _v, _entry, e_phoff, _shoff, _flags, ehsize, phentsize, phnum = struct.unpack_from(
+        "<HHIIIIIHHH", h, 16
+    )
+    assert (e_type, e_machine, e_phoff, ehsize, phentsize, phnum) == (4, EM_386, 52, 52, 32, 3)
+    loads = [struct.unpack_from("<8I", h, 52 + 32 * i) for i in (1, 2)]
+    assert [(p[0], p[2], p[3], p[4]) for p in loads] == [(1, g, g, s) for g, s in ranges]
+    with io.BytesIO(h + bytes(layout.total_size - len(h))) as f:
+        elf = ELFFile(f)
+        assert elf.elfclass == 32 and elf["e_machine"] == "EM_386"
+        assert [n for n, _t, _d in _elf_notes(f)] == [b"CORE", b"CORE", b"QEMU", b"QEMU"]
+    # Long mode, or memory reaching 4 GiB: ELF64.
+    assert build_elf_core(ranges, X86_CPUS, "x86_64").elf_class == 64
+    assert build_elf_core([(0xFFFFF000, 0x1000)], cpus, "x86_64").elf_class == 64

@@ -15,6 +15,7 @@ with idstr ``cpu`` hold one vCPU each (instance id = vCPU index); the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from migstream.arch.cpu_text import format_generic
 from migstream.arch.memory_layout import build_memory_map
 from migstream.arch.memory_layout import parse_machine as _parse_machine
 from migstream.arch.model import Arch, CpuState, RegisterValue
-from migstream.errors import StreamFormatError, UnsupportedError
+from migstream.errors import MigstreamError, StreamFormatError, UnsupportedError
 from migstream.ram.layout import MemoryMap
 from migstream.vmstate.values import Struct
 
@@ -143,6 +144,10 @@ def decode_cpu(
         raise exc.located(section=section) from None
     extra: dict[str, int] = {}
     registers: dict[str, RegisterValue] = spec.decode(CpuFields(state, section), extra)
+    if spec.note_state is not None:
+        # Note-only state is optional: what cannot be read is written as 0 in the notes.
+        with contextlib.suppress(MigstreamError):
+            spec.note_state(CpuFields(state, section), extra)
     if common is not None and "halted" in common:
         halted = common["halted"]
         if isinstance(halted, bool):
@@ -194,6 +199,7 @@ def memory_map(
     machine: str | None,
     arch: str | None,
     overrides: Mapping[str, int] = {},  # noqa: B006 - read only
+    devices: Sequence[tuple[str, int, Mapping[str, Any]]] = (),
 ) -> MemoryMap:
     """Place RAM blocks in guest-physical memory.
 
@@ -201,11 +207,14 @@ def memory_map(
     machine type from the stream's configuration section (None for streams
     without one).  ``arch``: one of :data:`ARCHES` or None (inferred).
     ``overrides``: block name -> GPA; the whole block is placed there.
+    ``devices``: ``(idstr, instance_id, fields)`` of the decoded device
+    sections; with them the machine's chipset registers and PCI BARs place ROM
+    shadows, SMRAM and device memory as QEMU's ``dump-guest-memory`` sees them.
 
     Raises :class:`UsageError` for an unknown ``arch``, an arch that contradicts
     the machine, an override naming no block, or placements that overlap.
     """
-    return build_memory_map(blocks, machine, arch, overrides, tuple(_REGISTRY.values()))
+    return build_memory_map(blocks, machine, arch, overrides, tuple(_REGISTRY.values()), devices)
 
 
 def parse_machine(machine: str) -> tuple[str, tuple[int, int] | None] | None:

@@ -12,10 +12,13 @@ from the saved system-register list the ones the monitor's text depends on
 the vector length...).  A vCPU saved in AArch32 state gives ``r0..r15``, ``pc``
 and ``cpsr`` instead.
 
-ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.
+ELF notes: ``NT_PRSTATUS`` (``pr_fpvalid`` 1, as QEMU writes it) then
+``NT_PRFPREG`` per vCPU.
 
-Memory layout of ``virt``: RAM at 0x40000000; ``virt.flash0`` at 0,
-``virt.flash1`` at 0x04000000, ``virt.secure-ram`` at 0x0e000000.
+Memory layout of ``virt``: RAM at 0x40000000; device memory where PCI BARs put
+it.  ``virt.flash0`` (0), ``virt.flash1`` (0x04000000) and ``virt.secure-ram``
+(0x0e000000) are not placed: QEMU's ``dump-guest-memory`` leaves them out (the
+flash is a ROM device, the secure RAM is outside the normal address space).
 """
 
 from __future__ import annotations
@@ -37,7 +40,17 @@ from migstream.arch.elf_notes import (
     reg_value,
     struct_order,
 )
-from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
+from migstream.arch.memory_layout import add_if_free
+from migstream.arch.model import (
+    Arch,
+    CpuState,
+    DetectionHints,
+    LayoutContext,
+    MachineFamily,
+    MachineVersion,
+    RegisterValue,
+)
+from migstream.arch.pci import bar_placements
 from migstream.ram.layout import Placement
 
 NAME = "aarch64"
@@ -283,6 +296,8 @@ def _nzcv(psr: int) -> str:
 EM_AARCH64 = 183
 #: ``struct elf_prstatus`` size on aarch64 Linux.
 PRSTATUS_SIZE = 392
+#: ``pr_fpvalid`` follows the 34 registers of ``pr_reg``.
+PRSTATUS_FPVALID_OFFSET = 384
 #: Register order of ``pr_reg`` (Linux ``user_pt_regs``).
 AARCH64_PR_REG = tuple(f"x{i}" for i in range(31)) + ("sp", "pc", "pstate")
 
@@ -293,14 +308,27 @@ def _vector(cpu: CpuState, byteorder: str, *names: str) -> bytes:
     return (value & ((1 << 128) - 1)).to_bytes(16, "little" if byteorder == "little" else "big")
 
 
+def _note_state(f: CpuFields, extra: dict[str, int]) -> None:
+    """The 128-bit vector registers ``v0..v31`` (low half ``d[0]``, high half ``d[1]``)."""
+    vfp = f.sub("cpu/vfp")
+    if vfp is None:
+        return
+    for i in range(32):
+        name = f"env.vfp.zregs[{i}].d"
+        if vfp.has(name):
+            halves = vfp.uints(name)
+            if len(halves) >= 2:
+                extra.setdefault(f"v{i}", halves[0] | halves[1] << 64)
+
+
 def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
     e = struct_order(byteorder)
     out: list[ElfNote] = []
     for cpu in cpus:
         regs = [reg(cpu, n) for n in AARCH64_PR_REG]
-        out.append(
-            ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, prstatus(e, PRSTATUS_SIZE, cpu.index + 1, "34Q", regs))
-        )
+        desc = bytearray(prstatus(e, PRSTATUS_SIZE, cpu.index + 1, "34Q", regs))
+        struct.pack_into(e + "i", desc, PRSTATUS_FPVALID_OFFSET, 1)  # QEMU always writes 1
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, bytes(desc)))
         fp = b"".join(_vector(cpu, byteorder, f"v{i}", f"q{i}") for i in range(32))
         fp += struct.pack(e + "IIII", reg(cpu, "fpsr", mask=MASK32), reg(cpu, "fpcr", mask=MASK32), 0, 0)
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRFPREG, fp))
@@ -310,7 +338,8 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
 # ------------------------------------------------------------------- memory layout
 
 VIRT_RAM_BASE = 0x4000_0000
-#: Fixed firmware/flash GPAs.
+#: Fixed GPAs of blocks that QEMU's dump-guest-memory leaves out: the flash is a
+#: ROM device (not RAM), the secure RAM lives in the secure address space only.
 VIRT_FIXED_BLOCKS = {
     "virt.flash0": 0x0000_0000,
     "virt.flash1": 0x0400_0000,
@@ -325,7 +354,22 @@ def _place_ram(
 
 
 def _firmware(family: str, sizes: Mapping[str, int], notes: list[str]) -> dict[str, int]:
-    return {name: gpa for name, gpa in VIRT_FIXED_BLOCKS.items() if name in sizes}
+    for name, gpa in VIRT_FIXED_BLOCKS.items():
+        if name in sizes:
+            what = "secure-world RAM" if "secure" in name else "pflash, a ROM device"
+            notes.append(
+                f"{name} ({what}, {gpa:#x}-{gpa + sizes[name] - 1:#x}) is not in QEMU's"
+                " dump-guest-memory; not placed (--map places it)"
+            )
+    return {}
+
+
+def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
+    """Device memory behind the BARs of PCI devices (the gpex windows map bus addresses 1:1)."""
+    out = list(placed)
+    for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes):
+        add_if_free(out, p, ctx.notes)
+    return out
 
 
 # -------------------------------------------------------------------- description
@@ -339,9 +383,15 @@ ARCH = Arch(
     hex_digits=_HEX_DIGITS,
     vector_digits=_vector_digits,
     elf_notes=_elf_notes,
+    note_state=_note_state,
     families=(
         MachineFamily(
-            "virt", (re.compile(r"^virt(?:-(\d+)\.(\d+))?"),), "mach-virt.ram", _place_ram, _firmware
+            "virt",
+            (re.compile(r"^virt(?:-(\d+)\.(\d+))?"),),
+            "mach-virt.ram",
+            _place_ram,
+            _firmware,
+            refine=_refine,
         ),
     ),
     detect=DetectionHints(

@@ -7,10 +7,14 @@ the machine families QEMU migrates most often (their :class:`MachineFamily`
 records); this module applies them to ``(block, used_length)`` pairs and gives
 a :class:`~migstream.ram.layout.MemoryMap`.
 
-Blocks without a fixed GPA (fw_cfg ROM blobs such as ``/rom@etc/acpi/tables``,
-PCI option ROMs, video RAM, hot-plugged memory) are reported as unplaced.  An
-``overrides`` mapping (the CLI's ``--map BLOCK=GPA``) places any block, whole,
-at a given GPA.
+When the stream's device state is decoded, a family's ``refine`` rule reads
+it to place what the chipset and the PCI devices decide, as QEMU's
+``dump-guest-memory`` sees guest memory: ROM shadows routed by the PAM
+registers, the legacy VGA window and SMRAM, device memory behind PCI BARs.
+Blocks that still have no GPA (fw_cfg ROM blobs such as
+``/rom@etc/acpi/tables``, unmapped BARs, hot-plugged memory) are reported as
+unplaced.  An ``overrides`` mapping (the CLI's ``--map BLOCK=GPA``) places any
+block, whole, at a given GPA.
 
 QEMU: hw/i386/pc.c, hw/arm/virt.c, hw/ppc/spapr.c, hw/s390x/s390-virtio-ccw.c (board memory).
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from migstream.arch.model import Arch, MachineFamily, MachineVersion
+from migstream.arch.model import Arch, DeviceFields, LayoutContext, MachineFamily, MachineVersion
 from migstream.errors import UsageError
 from migstream.ram.layout import GPA_LIMIT, MemoryMap, Placement
 
@@ -64,12 +68,41 @@ def _overlap(a0: int, a1: int, b0: int, b1: int) -> bool:
     return a0 < b1 and b0 < a1
 
 
+def punch(placements: Sequence[Placement], start: int, end: int) -> list[Placement]:
+    """The placements with GPAs ``[start, end)`` cut out (``override`` placements are kept whole)."""
+    out: list[Placement] = []
+    for p in placements:
+        if p.kind == "override" or not _overlap(p.gpa, p.gpa_end, start, end):
+            out.append(p)
+            continue
+        if p.gpa < start:
+            out.append(Placement(p.block, p.block_offset, p.gpa, start - p.gpa, p.kind, p.source))
+        if p.gpa_end > end:
+            cut = end - p.gpa
+            out.append(Placement(p.block, p.block_offset + cut, end, p.gpa_end - end, p.kind, p.source))
+    return out
+
+
+def add_if_free(placements: list[Placement], new: Placement, notes: list[str]) -> bool:
+    """Append ``new`` unless it overlaps a placement (then say so in ``notes``); True if added."""
+    clash = next((p for p in placements if _overlap(new.gpa, new.gpa_end, p.gpa, p.gpa_end)), None)
+    if clash is not None:
+        notes.append(
+            f"{new.block} ({new.source or new.kind}, {new.gpa:#x}-{new.gpa_end - 1:#x}) lies over"
+            f" {clash.block}; not placed, {clash.block} is authoritative there"
+        )
+        return False
+    placements.append(new)
+    return True
+
+
 def build_memory_map(
     blocks: Sequence[tuple[str, int]],
     machine: str | None,
     arch: str | None,
     overrides: Mapping[str, int],
     arches: Sequence[Arch],
+    devices: Sequence[DeviceFields] = (),
 ) -> MemoryMap:
     """Place RAM blocks in guest-physical memory with the layouts of ``arches``.
 
@@ -147,7 +180,7 @@ def build_memory_map(
         placed = family.place_ram(family.name, version, main, sizes[main], notes)
 
     for name, gpa in overrides.items():
-        placed.append(Placement(name, 0, gpa, sizes[name], "override"))
+        placed.append(Placement(name, 0, gpa, sizes[name], "override", "--map"))
         notes.append(f"{name} placed at {gpa:#x} by --map")
     for i, a in enumerate(placed):
         for b in placed[i + 1 :]:
@@ -170,12 +203,23 @@ def build_memory_map(
                 )
                 explained.add(name)
                 continue
-            placed.append(Placement(name, 0, gpa, sizes[name], "firmware"))
+            placed.append(Placement(name, 0, gpa, sizes[name], "firmware", "machine rule"))
+    if family is not None and family.refine is not None:
+        if devices:
+            context = LayoutContext(family.name, version, sizes, main, devices, frozenset(overrides), notes)
+            placed = family.refine(context, placed)
+        else:
+            notes.append(
+                "no decoded device state: chipset routing and PCI BARs are not applied"
+                " (a description, --desc, gives it)"
+            )
 
     placed_names = {p.block for p in placed}
     unplaced = tuple(name for name in sizes if name not in placed_names)
     if family is not None and main is None:
         notes.append(f"no main RAM block found for machine family {family.name}")
+    # Blocks a rule already said something of (pflash, an unmapped BAR) are not listed again.
+    explained |= {n for n in unplaced if any(n in note for note in notes)}
     rest = [n for n in unplaced if n not in explained]
     if rest and family is None:
         notes.append("not placed (machine layout unknown): " + ", ".join(rest))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from migstream.ram.layout import Placement
 from migstream.vmstate.values import Struct
@@ -64,10 +64,36 @@ class CpuState:
         }
 
 
+#: A device section as the memory layouts read it: ``(idstr, instance_id, decoded fields)``.
+DeviceFields = tuple[str, int, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class LayoutContext:
+    """What a family's device-state rule sees: the machine, the RAM blocks, the decoded devices."""
+
+    family: str
+    version: MachineVersion
+    #: Block name -> used length, for every block of the stream.
+    sizes: Mapping[str, int]
+    #: The main RAM block (None when there is none).
+    main: str | None
+    devices: Sequence[DeviceFields]
+    #: Blocks placed by ``--map``: a rule leaves them alone.
+    overridden: frozenset[str]
+    #: Notes for the user; a rule appends to them.
+    notes: list[str]
+
+
 #: Main RAM placement of a family: ``(family, version, block, size, notes)`` -> placements.
 PlaceRam = Callable[[str, MachineVersion, str, int, list[str]], list[Placement]]
 #: Firmware of a family: ``(family, block sizes, notes)`` -> GPA of each firmware block present.
 PlaceFirmware = Callable[[str, Mapping[str, int], list[str]], dict[str, int]]
+
+
+#: Placements refined by the decoded device state (chipset routing, PCI BARs):
+#: ``(context, placements)`` -> the new placements, not overlapping.
+RefineLayout = Callable[[LayoutContext, list[Placement]], list[Placement]]
 
 
 def _no_firmware(family: str, sizes: Mapping[str, int], notes: list[str]) -> dict[str, int]:
@@ -89,6 +115,8 @@ class MachineFamily:
     place_ram: PlaceRam
     firmware: PlaceFirmware = _no_firmware
     implied_note: str = ""
+    #: What the decoded device state changes in the layout (None: nothing).
+    refine: RefineLayout | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +140,7 @@ class Arch:
     """Everything migstream knows of one guest architecture."""
 
     name: str
-    #: ELF ``e_machine`` of its core files.
+    #: ELF ``e_machine`` of its core files (unless :attr:`elf_machine_of` says otherwise).
     elf_machine: int
     #: Byte order of the guest (and of its ELF core, unless :attr:`elf_byteorder_of` says otherwise).
     byteorder: str
@@ -138,6 +166,26 @@ class Arch:
     vector_digits: Callable[[Mapping[str, RegisterValue], Mapping[str, int]], Mapping[str, int]] | None = None
     #: The register that mirrors the ``cpu_common`` halted flag, if the monitor shows it.
     halted_register: str | None = None
+    #: ``e_machine`` when it depends on the vCPU state (x86: EM_386 outside long mode).
+    elf_machine_of: Callable[[Sequence[CpuState]], int] | None = None
+    #: ELF class (32 or 64) when it depends on the vCPUs and the ranges (x86: QEMU writes
+    #: ELFCLASS32 for a guest outside long mode whose memory all ends below 4 GiB).
+    elf_class_of: Callable[[Sequence[CpuState], Sequence[tuple[int, int]]], int] | None = None
+    #: State only the ELF notes need (vector and FP registers, timers...): read from the
+    #: ``cpu`` section into the extra state dict, where the notes find it by name.
+    note_state: Callable[[CpuFields, dict[str, int]], None] | None = None
+
+    def elf_class_for(self, cpus: Sequence[CpuState], ranges: Sequence[tuple[int, int]]) -> int:
+        """32 or 64: the ELF class QEMU's ``dump-guest-memory`` would write."""
+        if self.elf_class_of is None:
+            return 64
+        return self.elf_class_of(cpus, ranges)
+
+    def elf_machine_for(self, cpus: Sequence[CpuState]) -> int:
+        """The ``e_machine`` QEMU's ``dump-guest-memory`` would give a core of these vCPUs."""
+        if self.elf_machine_of is None:
+            return self.elf_machine
+        return self.elf_machine_of(cpus)
 
     def elf_byteorder(self, cpus: Sequence[CpuState]) -> str:
         """The byte order QEMU's ``dump-guest-memory`` would give a core of these vCPUs."""

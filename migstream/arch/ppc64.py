@@ -1,7 +1,7 @@
 """ppc64: registers, ``info registers`` text, ELF notes, ``pseries`` memory layout.
 
 QEMU: target/ppc/machine.c (vmstate_ppc_cpu), target/ppc/cpu_init.c (ppc_cpu_dump_state),
-target/ppc/arch_dump.c (ppc64_cpu_write_elf64_note, cpu_get_dump_info), hw/ppc/spapr.c.
+target/ppc/arch_dump.c (ppc64_cpu_write_elf64_note, cpu_get_dump_info), hw/ppc/spapr.c (spapr_phb_placement).
 
 Registers decoded (all unsigned): ``r0..r31``, ``nip``, ``msr``, ``cr`` (the
 eight 4-bit fields, field 0 most significant), and from the SPR array: ``xer``
@@ -12,10 +12,14 @@ monitor's ``HF`` word and MMU indexes are rebuilt from MSR, LPCR and MMCR0; the
 time base, decrementer and (8.2 and later) the reservation are not in the
 stream and print as dashes.
 
-ELF notes: ``NT_PRSTATUS`` then ``NT_PRFPREG`` per vCPU.  The byte order of the
+ELF notes per vCPU, in QEMU's order: ``NT_PRSTATUS`` (``pr_pid`` = the vCPU's
+device-tree id), ``NT_PRFPREG``, ``NT_PPC_VMX``, ``NT_PPC_VSX``, ``NT_PPC_SPE``.
+Registers the vCPU state does not hold are written as 0.  The byte order of the
 core follows the interrupt endianness of the first vCPU.
 
-Memory layout of ``pseries``: RAM at 0.
+Memory layout of ``pseries``: RAM at 0; device memory where PCI BARs put it,
+through the host bridge's windows (bus addresses from 2 GiB show at
+0x200000000000 + (bridge + 1) * 2 GiB; 64-bit BARs at their bus address).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from migstream.arch.cpu_fields import CpuFields
 from migstream.arch.cpu_text import hex_reg, int_reg
 from migstream.arch.elf_notes import (
+    MASK32,
     NOTE_NAME_CORE,
     NT_PRFPREG,
     NT_PRSTATUS,
@@ -36,9 +41,19 @@ from migstream.arch.elf_notes import (
     reg_value,
     struct_order,
 )
-from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
+from migstream.arch.memory_layout import add_if_free
+from migstream.arch.model import (
+    Arch,
+    CpuState,
+    DetectionHints,
+    LayoutContext,
+    MachineFamily,
+    MachineVersion,
+    RegisterValue,
+)
+from migstream.arch.pci import bar_placements
 from migstream.errors import StreamFormatError
-from migstream.ram.layout import Placement
+from migstream.ram.layout import FOUR_GIB, Placement
 
 NAME = "ppc64"
 
@@ -239,6 +254,14 @@ PPC64_PR_REG = tuple(f"gpr{i}" for i in range(32)) + (
 )
 # fmt: on
 PPC64_NGREG = 48
+#: Note types of the vector, VSX and SPE register sets (names as in <elf.h>).
+NT_PPC_VMX = 0x100
+NT_PPC_SPE = 0x101
+NT_PPC_VSX = 0x102
+#: ``NT_PPC_VMX``: 32 vector registers, VSCR (in the last word of its slot), VRSAVE (padded).
+VMX_SIZE = 34 * 16
+VMX_VSCR_OFFSET = 32 * 16 + 12
+VMX_VRSAVE_OFFSET = 33 * 16
 #: LPCR interrupt-little-endian bit, MSR little-endian bit.
 PPC_LPCR_ILE = 1 << 25
 PPC_MSR_LE = 1
@@ -256,11 +279,50 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
             else:
                 regs.append(reg(cpu, *aliases.get(name, (name,))))
         regs += [0] * (PPC64_NGREG - len(regs))
-        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, f"{PPC64_NGREG}Q", regs)
+        # pr_pid: the vCPU's device-tree id, which is its index on pseries (one thread a core).
+        desc = prstatus(e, PRSTATUS_SIZE, cpu.index, f"{PPC64_NGREG}Q", regs)
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
         fp = [reg(cpu, f"f{i}", f"fpr{i}") for i in range(32)] + [reg(cpu, "fpscr")]
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRFPREG, struct.pack(e + "33Q", *fp)))
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PPC_VMX, _vmx(e, byteorder, cpu)))
+        vsx = [reg(cpu, f"vsr{i}_low", f"vs{i}_low") for i in range(32)]
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PPC_VSX, struct.pack(e + "32Q", *vsx)))
+        spe = [reg(cpu, f"evr{i}", f"gprh{i}", mask=MASK32) for i in range(32)]
+        spe_desc = struct.pack(e + "32IQI", *spe, reg(cpu, "spe_acc"), reg(cpu, "spe_fscr", mask=MASK32))
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PPC_SPE, spe_desc))
     return out
+
+
+def _note_state(f: CpuFields, extra: dict[str, int]) -> None:
+    """What the notes need beyond the registers: FPRs and FPSCR, VSCR (the VMX and VSX
+    register halves are not read yet: their wire layout follows the host of the source)."""
+    fpu = f.sub("cpu/fpu")
+    if fpu is not None:
+        if fpu.has("env.vsr"):
+            for i, raw in enumerate(fpu.raw("env.vsr")[:32]):
+                if isinstance(raw, bytes) and len(raw) == 8:
+                    extra.setdefault(f"f{i}", int.from_bytes(raw, "big"))
+        if fpu.has("env.fpscr"):
+            extra.setdefault("fpscr", fpu.uint("env.fpscr"))
+    altivec = f.sub("cpu/altivec")
+    if altivec is not None and altivec.has("vscr"):
+        raw = altivec.raw("vscr")
+        if isinstance(raw, bytes) and len(raw) == 4:
+            extra.setdefault("vscr", int.from_bytes(raw, "big"))
+        elif isinstance(raw, int):
+            extra.setdefault("vscr", raw & MASK32)
+
+
+def _vmx(e: str, byteorder: str, cpu: CpuState) -> bytes:
+    """``NT_PPC_VMX``: the 32 vector registers, VSCR in the last word of a 16-byte slot, VRSAVE."""
+    buf = bytearray(VMX_SIZE)
+    for i in range(32):
+        v = reg_value(cpu, f"v{i}", f"vr{i}", f"avr{i}")
+        value = int(v) & ((1 << 128) - 1) if isinstance(v, int) else 0
+        buf[16 * i : 16 * i + 16] = value.to_bytes(16, "little" if byteorder == "little" else "big")
+    struct.pack_into(e + "I", buf, VMX_VSCR_OFFSET, reg(cpu, "vscr", mask=MASK32))
+    struct.pack_into(e + "I", buf, VMX_VRSAVE_OFFSET, reg(cpu, "vrsave", mask=MASK32))
+    return bytes(buf)
 
 
 def _elf_byteorder(cpus: Sequence[CpuState]) -> str:
@@ -287,7 +349,40 @@ def _elf_byteorder(cpus: Sequence[CpuState]) -> str:
 def _place_ram(
     family: str, version: MachineVersion, block: str, size: int, notes: list[str]
 ) -> list[Placement]:
-    return [Placement(block, 0, 0, size)]
+    return [Placement(block, 0, 0, size, "ram", "machine rule")]
+
+
+#: sPAPR host bridges: the first BUID, where the windows start, the 32-bit window (bus
+#: addresses from 2 GiB, 2 GiB long, one per bridge above the base) and the 64-bit one
+#: (bus address = guest-physical address).
+SPAPR_BASE_BUID = 0x800000020000000
+SPAPR_PCI_BASE = 1 << 45
+SPAPR_PCI_MEM_WIN_BUS_OFFSET = 0x8000_0000
+SPAPR_PCI_MEM32_WIN_SIZE = 0x8000_0000
+_SPAPR_PHB = re.compile(r"^pci@([0-9a-f]+):", re.IGNORECASE)
+
+
+def _spapr_bus_to_gpa(address: str, bus: int, size: int) -> int | None:
+    m = _SPAPR_PHB.match(address)
+    if m is None:
+        return None
+    index = int(m.group(1), 16) - SPAPR_BASE_BUID
+    if index < 0:
+        return None
+    start = SPAPR_PCI_MEM_WIN_BUS_OFFSET
+    if start <= bus and bus + size <= start + SPAPR_PCI_MEM32_WIN_SIZE:
+        return SPAPR_PCI_BASE + (index + 1) * SPAPR_PCI_MEM32_WIN_SIZE + bus - start
+    if bus >= FOUR_GIB:
+        return bus
+    return None
+
+
+def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
+    """Device memory behind the BARs of PCI devices, through the sPAPR host bridge windows."""
+    out = list(placed)
+    for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes, _spapr_bus_to_gpa):
+        add_if_free(out, p, ctx.notes)
+    return out
 
 
 # -------------------------------------------------------------------- description
@@ -299,9 +394,16 @@ ARCH = Arch(
     decode=_decode,
     format=_format,
     elf_notes=_elf_notes,
+    note_state=_note_state,
     elf_byteorder_of=_elf_byteorder,
     families=(
-        MachineFamily("pseries", (re.compile(r"^pseries(?:-(\d+)\.(\d+))?"),), "ppc_spapr.ram", _place_ram),
+        MachineFamily(
+            "pseries",
+            (re.compile(r"^pseries(?:-(\d+)\.(\d+))?"),),
+            "ppc_spapr.ram",
+            _place_ram,
+            refine=_refine,
+        ),
     ),
     detect=DetectionHints(
         machine=re.compile(r"^pseries|^powernv"),

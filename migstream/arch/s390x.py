@@ -10,9 +10,11 @@ line.  Under TCG the condition code lives outside the PSW while the guest runs
 and is not saved; the CC field of ``psw_mask`` is the one of the last PSW load,
 which the monitor (merging the live condition code) may show differently.
 
-ELF notes per vCPU: ``NT_PRSTATUS``, ``NT_PRFPREG``, then ("LINUX")
+ELF notes per vCPU, in QEMU's order: ``NT_PRSTATUS`` (``pr_pid`` in the host's
+byte order, little endian, as QEMU leaves it), ``NT_PRFPREG``, then ("LINUX")
 ``NT_S390_PREFIX``, ``NT_S390_CTRS``, ``NT_S390_TIMER``, ``NT_S390_TODCMP``,
-``NT_S390_TODPREG``.
+``NT_S390_TODPREG``, ``NT_S390_VXRS_LOW``, ``NT_S390_VXRS_HIGH``,
+``NT_S390_GS_CB``.  Registers the vCPU state does not hold are written as 0.
 
 Memory layout of ``s390-ccw-virtio``: RAM at 0.
 """
@@ -27,13 +29,16 @@ from migstream.arch.cpu_fields import CpuFields
 from migstream.arch.cpu_text import hex_reg, int_reg, rows
 from migstream.arch.elf_notes import (
     MASK32,
+    MASK64,
     NOTE_NAME_CORE,
     NOTE_NAME_LINUX,
     NT_PRFPREG,
     NT_PRSTATUS,
+    PRSTATUS_PID_OFFSET,
     ElfNote,
     prstatus,
     reg,
+    reg_value,
     struct_order,
 )
 from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion, RegisterValue
@@ -119,6 +124,43 @@ NT_S390_TODCMP = 0x302
 NT_S390_TODPREG = 0x303
 NT_S390_CTRS = 0x304
 NT_S390_PREFIX = 0x305
+NT_S390_VXRS_LOW = 0x309
+NT_S390_VXRS_HIGH = 0x30A
+NT_S390_GS_CB = 0x30B
+
+
+def _note_state(f: CpuFields, extra: dict[str, int]) -> None:
+    """What the notes need beyond the registers: FPRs (the left halves of V0-V15), the
+    vector registers ``v0..v31`` (128 bits), FPC, access registers, prefix, timers, GS block."""
+    fpu, vregs = f.sub("cpu/fpu"), f.sub("cpu/vregs")
+    left: dict[int, int] = {}
+    right: dict[int, int] = {}
+    for sub in (fpu, vregs):
+        if sub is None:
+            continue
+        for i in range(32):
+            for half, into in ((0, left), (1, right)):
+                name = f"env.vregs[{i}][{half}]"
+                if sub.has(name):
+                    into[i] = sub.uint(name)
+    for i, value in left.items():
+        if i < 16:
+            extra.setdefault(f"f{i}", value)
+    for i in set(left) | set(right):
+        extra.setdefault(f"v{i}", left.get(i, 0) << 64 | right.get(i, 0))
+    if fpu is not None and fpu.has("env.fpc"):
+        extra.setdefault("fpc", fpu.uint("env.fpc", 32))
+    if f.has("env.aregs"):
+        for i, value in enumerate(f.uints("env.aregs", 32)[:16]):
+            extra.setdefault(f"a{i}", value)
+    for key, name, bits in (("prefix", "env.psa", 64), ("cputm", "env.cputm", 64),
+                            ("ckc", "env.ckc", 64), ("todpr", "env.todpr", 32)):  # fmt: skip
+        if f.has(name):
+            extra.setdefault(key, f.uint(name, bits))
+    gs = f.sub("cpu/gscb")
+    if gs is not None and gs.has("env.gscb"):
+        for i, value in enumerate(gs.uints("env.gscb")[:4]):
+            extra.setdefault(f"gscb{i}", value)
 
 
 def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
@@ -129,8 +171,10 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
         regs += [reg(cpu, f"r{i}", f"gpr{i}") for i in range(16)]
         regs += [reg(cpu, f"a{i}", f"acr{i}", mask=MASK32) for i in range(16)]
         regs.append(reg(cpu, "orig_gpr2"))
-        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, "18Q16IQ", regs)
-        out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
+        desc = bytearray(prstatus(e, PRSTATUS_SIZE, 0, "18Q16IQ", regs))
+        # QEMU stores pr_pid in the byte order of the host it runs on (x86: little endian).
+        struct.pack_into("<I", desc, PRSTATUS_PID_OFFSET, (cpu.index + 1) & MASK32)
+        out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, bytes(desc)))
         fp = struct.pack(e + "II", reg(cpu, "fpc", mask=MASK32), 0)
         fp += struct.pack(e + "16Q", *(reg(cpu, f"f{i}", f"fpr{i}") for i in range(16)))
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRFPREG, fp))
@@ -142,7 +186,20 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
         out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_TODCMP, struct.pack(e + "Q", reg(cpu, "ckc"))))
         todpr = struct.pack(e + "I", reg(cpu, "todpr", mask=MASK32))
         out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_TODPREG, todpr))
+        # Vector registers: the right halves of V0-V15 (the left ones are the FPRs), V16-V31 whole.
+        low = [reg(cpu, f"v{i}", mask=MASK64) for i in range(16)]
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_VXRS_LOW, struct.pack(e + "16Q", *low)))
+        high = b"".join(_v128(cpu, i, byteorder) for i in range(16, 32))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_VXRS_HIGH, high))
+        gscb = struct.pack(e + "4Q", *(reg(cpu, f"gscb{i}") for i in range(4)))
+        out.append(ElfNote(NOTE_NAME_LINUX, NT_S390_GS_CB, gscb))
     return out
+
+
+def _v128(cpu: CpuState, i: int, byteorder: str) -> bytes:
+    v = reg_value(cpu, f"v{i}")
+    value = int(v) & ((1 << 128) - 1) if isinstance(v, int) else 0
+    return value.to_bytes(16, "little" if byteorder == "little" else "big")
 
 
 # ------------------------------------------------------------------- memory layout
@@ -164,6 +221,7 @@ ARCH = Arch(
     format=_format,
     hex_digits=_HEX_DIGITS,
     elf_notes=_elf_notes,
+    note_state=_note_state,
     families=(
         MachineFamily(
             "s390-ccw-virtio", (re.compile(r"^s390-ccw-virtio(?:-(\d+)\.(\d+))?"),), "s390.ram", _place_ram

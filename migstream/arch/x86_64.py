@@ -1,4 +1,5 @@
-"""x86-64: ELF notes, pc/q35/isapc memory layout; registers and their text from x86_64_cpu.
+"""x86-64: ELF notes and the architecture description; registers and their text in x86_64_cpu,
+the pc/q35/isapc memory layout in x86_64_memory.
 
 QEMU: target/i386/arch_dump.c (x86_64_write_elf64_note, cpu_write_qemu_note), hw/i386/pc_piix.c,
 hw/i386/pc_q35.c, hw/i386/pc.c (pc_memory_init).
@@ -7,21 +8,13 @@ Registers and the ``info registers`` text: :mod:`migstream.arch.x86_64_cpu`.
 
 ELF notes: one ``NT_PRSTATUS`` per vCPU, then one "QEMU" note per vCPU (QEMU's
 CPU state record: GPRs, segments, descriptor tables, CR0-CR4, KERNEL_GS_BASE).
-Unlike QEMU, a guest outside long mode still gets ``EM_X86_64`` and the x86_64
-register layout (QEMU would switch to ``EM_386``), so that one set of tools
-reads every dump.
+As in QEMU, the core is ``EM_X86_64`` with the x86_64 ``elf_prstatus`` when
+vCPU 0 is in long mode, else ``EM_386`` with the i386 ``elf_prstatus``; that
+one is an ELF32 file unless memory reaches 4 GiB (a BIOS at the top of 4 GiB
+does; pflash, which the dump leaves out, does not).
 
-Memory layout, per machine family:
-
-* ``pc`` (i440fx) and ``isapc``: RAM below 4 GiB up to 0xe0000000; when RAM
-  reaches 0xe0000000 and the machine aligns to gigabytes (every i440fx version
-  after 1.7), the split moves down to 3 GiB.  What does not fit below the split
-  is placed at 4 GiB, continuing in the block.
-* ``q35``: RAM below 4 GiB up to 0xb0000000; from 0xb0000000 of RAM on, the
-  split is at 2 GiB (q35 1.7 and older: at 0xb0000000), the rest at 4 GiB.
-* firmware: ``pc.bios`` ends at 4 GiB; pflash ``system.flash0`` ends at 4 GiB
-  with ``system.flash1`` below it.  ``pc.rom`` (0xc0000) and the ISA BIOS
-  window lie over RAM: main RAM stays authoritative, they are not placed.
+The memory layout of the pc, q35 and isapc families is in
+:mod:`migstream.arch.x86_64_memory`.
 
 The built-in layout of the ``cpu`` section, for streams without a description,
 is in :mod:`migstream.arch.x86_64_cpu_layout`.
@@ -31,7 +24,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from migstream.arch.elf_notes import (
     MASK32,
@@ -45,18 +38,25 @@ from migstream.arch.elf_notes import (
     segment,
     struct_order,
 )
-from migstream.arch.model import Arch, CpuState, DetectionHints, MachineFamily, MachineVersion
+from migstream.arch.model import Arch, CpuState, DetectionHints
 from migstream.arch.x86_64_cpu import HEX_DIGITS, decode, format_registers
 from migstream.arch.x86_64_cpu_layout import BUILTIN_NOTE, decode_builtin
-from migstream.ram.layout import FOUR_GIB, KiB, Placement, human_size
+from migstream.arch.x86_64_memory import FAMILIES
 
 NAME = "x86_64"
 
 # ----------------------------------------------------------------------- ELF notes
 
+EM_386 = 3
 EM_X86_64 = 62
+#: QEMU's hidden flag for EFER.LMA (long mode active).
+HF_LMA_MASK = 1 << 14
 #: ``struct elf_prstatus`` size on x86_64 Linux.
 PRSTATUS_SIZE = 336
+#: ``struct elf_prstatus`` on i386 Linux: size, offsets of pr_pid and pr_reg.
+PRSTATUS32_SIZE = 144
+PRSTATUS32_PID_OFFSET = 24
+PRSTATUS32_REG_OFFSET = 72
 #: Type of QEMU's own CPU state note (name "QEMU"), its version and size (with KERNEL_GS_BASE).
 NT_QEMU_CPUSTATE = 0
 QEMU_CPUSTATE_VERSION = 1
@@ -89,21 +89,69 @@ def _x86_gpr(cpu: CpuState, name: str) -> int:
     return reg(cpu, name, alias) if alias else reg(cpu, name)
 
 
+def _long_mode(cpus: Sequence[CpuState]) -> bool:
+    """Whether vCPU 0 runs in long mode (EFER.LMA as QEMU's hidden flags keep it)."""
+    return bool(cpus) and bool(cpus[0].extra.get("hflags", 0) & HF_LMA_MASK)
+
+
+def _elf_machine(cpus: Sequence[CpuState]) -> int:
+    return EM_X86_64 if _long_mode(cpus) else EM_386
+
+
+def _elf_class(cpus: Sequence[CpuState], ranges: Sequence[tuple[int, int]]) -> int:
+    """ELFCLASS32 outside long mode when every range ends at or below 4 GiB - 1, as QEMU decides."""
+    if _long_mode(cpus) or any(gpa + size > MASK32 for gpa, size in ranges):
+        return 64
+    return 32
+
+
+def _prstatus64(e: str, cpu: CpuState) -> bytes:
+    regs = []
+    for name in X86_64_PR_REG:
+        if name in ("cs", "ss", "ds", "es", "fs", "gs"):
+            regs.append(segment(cpu, name).get("selector", 0) & MASK64)
+        elif name in ("fs_base", "gs_base"):
+            regs.append(segment(cpu, name[:2]).get("base", 0) & MASK64)
+        elif name == "eflags":
+            regs.append(reg(cpu, "rflags", "eflags"))
+        else:
+            regs.append(_x86_gpr(cpu, name))
+    return prstatus(e, PRSTATUS_SIZE, cpu.index + 1, f"{len(regs)}Q", regs)
+
+
+def _prstatus32(e: str, cpu: CpuState) -> bytes:
+    """The i386 ``struct elf_prstatus``: 32-bit registers, 16-bit selectors each padded to 32 bits."""
+    buf = bytearray(PRSTATUS32_SIZE)
+    struct.pack_into(e + "I", buf, PRSTATUS32_PID_OFFSET, (cpu.index + 1) & MASK32)
+
+    def sel(name: str) -> int:
+        return segment(cpu, name).get("selector", 0) & 0xFFFF
+
+    gprs = [_x86_gpr(cpu, n) & MASK32 for n in ("rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rax")]
+    struct.pack_into(
+        e + "7I8H2I2H2I2H",
+        buf,
+        PRSTATUS32_REG_OFFSET,
+        *gprs,
+        sel("ds"), 0, sel("es"), 0, sel("fs"), 0, sel("gs"), 0,
+        0,  # orig_eax
+        _x86_gpr(cpu, "rip") & MASK32,
+        sel("cs"), 0,
+        reg(cpu, "rflags", "eflags") & MASK32,
+        _x86_gpr(cpu, "rsp") & MASK32,
+        sel("ss"), 0,
+    )  # fmt: skip
+    return bytes(buf)
+
+
 def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
+    """QEMU's order: one NT_PRSTATUS per vCPU (64-bit layout only when vCPU 0 is in long mode),
+    then one QEMU CPU state note per vCPU."""
     e = struct_order(byteorder)
+    wide = _long_mode(cpus)
     out: list[ElfNote] = []
     for cpu in cpus:
-        regs = []
-        for name in X86_64_PR_REG:
-            if name in ("cs", "ss", "ds", "es", "fs", "gs"):
-                regs.append(segment(cpu, name).get("selector", 0) & MASK64)
-            elif name in ("fs_base", "gs_base"):
-                regs.append(segment(cpu, name[:2]).get("base", 0) & MASK64)
-            elif name == "eflags":
-                regs.append(reg(cpu, "rflags", "eflags"))
-            else:
-                regs.append(_x86_gpr(cpu, name))
-        desc = prstatus(e, PRSTATUS_SIZE, cpu.index + 1, f"{len(regs)}Q", regs)
+        desc = _prstatus64(e, cpu) if wide else _prstatus32(e, cpu)
         out.append(ElfNote(NOTE_NAME_CORE, NT_PRSTATUS, desc))
     for cpu in cpus:
         gprs = [_x86_gpr(cpu, n) for n in ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"]]
@@ -128,102 +176,6 @@ def _elf_notes(byteorder: str, cpus: Sequence[CpuState]) -> list[ElfNote]:
     return out
 
 
-# ------------------------------------------------------------------- memory layout
-
-#: i440fx: default upper bound of RAM below 4 GiB (``max-ram-below-4g`` default).
-PC_MAX_RAM_BELOW_4G = 0xE000_0000
-#: i440fx with gigabyte alignment: split used once RAM reaches PC_MAX_RAM_BELOW_4G.
-PC_GIGABYTE_ALIGNED_LOWMEM = 0xC000_0000
-#: q35: RAM at or above this size is split.
-Q35_SPLIT_THRESHOLD = 0xB000_0000
-#: q35: RAM kept below 4 GiB when split (gigabyte-aligned machines).
-Q35_GIGABYTE_ALIGNED_LOWMEM = 0x8000_0000
-#: Last machine version (major, minor) of both x86 families without gigabyte alignment.
-X86_LAST_UNALIGNED_VERSION = (1, 7)
-#: Where RAM above the split starts (without the AMD 1 TiB relocation).
-X86_ABOVE_4G_START = FOUR_GIB
-#: AMD HyperTransport reserved range start; QEMU 7.1+ moves high RAM to 1 TiB for AMD vCPUs.
-AMD_HT_START = 0xFD_0000_0000
-AMD_ABOVE_4G_RELOCATED = 1 << 40
-AMD_1TB_HOLE_SINCE = (7, 1)
-#: Legacy window where the guest sees VGA memory and BIOS shadows instead of RAM.
-X86_LEGACY_HOLE = (0xA0000, 0x100000)
-#: Option ROM area (``pc.rom``) start; it overlays RAM.
-PC_ROM_START = 0xC0000
-#: The ISA BIOS window ends at 1 MiB and shows at most the last 128 KiB of the BIOS.
-ISA_BIOS_END = 0x100000
-ISA_BIOS_MAX = 128 * KiB
-
-
-def _version_at_most(version: MachineVersion, limit: tuple[int, int]) -> bool:
-    return version is not None and version <= limit
-
-
-def _x86_split(family: str, version: MachineVersion, ram: int, notes: list[str]) -> int:
-    """Bytes of RAM below 4 GiB for an x86 machine (the rest goes to 4 GiB)."""
-    aligned = family != "isapc" and not _version_at_most(version, X86_LAST_UNALIGNED_VERSION)
-    if family == "q35":
-        lowmem = Q35_SPLIT_THRESHOLD
-        if ram >= Q35_SPLIT_THRESHOLD and aligned:
-            lowmem = Q35_GIGABYTE_ALIGNED_LOWMEM
-        rule = f"q35 splits RAM of {Q35_SPLIT_THRESHOLD:#x} bytes or more"
-    else:
-        lowmem = PC_MAX_RAM_BELOW_4G
-        if ram >= PC_MAX_RAM_BELOW_4G and aligned:
-            lowmem = PC_GIGABYTE_ALIGNED_LOWMEM
-        rule = f"i440fx splits RAM of {PC_MAX_RAM_BELOW_4G:#x} bytes or more"
-    below = min(ram, lowmem)
-    if ram > below:
-        notes.append(
-            f"{rule}: {human_size(below)} below 4 GiB, {human_size(ram - below)} at 4 GiB"
-            f" (block offset {below:#x} -> GPA {X86_ABOVE_4G_START:#x}); a max-ram-below-4g"
-            " machine option is not recorded in the stream and is not taken into account"
-        )
-    return below
-
-
-def _place_ram(
-    family: str, version: MachineVersion, block: str, size: int, notes: list[str]
-) -> list[Placement]:
-    below = _x86_split(family, version, size, notes)
-    out = [Placement(block, 0, 0, below)] if below else []
-    if size > below:
-        out.append(Placement(block, below, X86_ABOVE_4G_START, size - below))
-        end = X86_ABOVE_4G_START + size - below
-        if end > AMD_HT_START and (version is None or version >= AMD_1TB_HOLE_SINCE):
-            notes.append(
-                f"RAM above 4 GiB ends at {end:#x}, past {AMD_HT_START:#x}: with an AMD vCPU"
-                f" QEMU {AMD_1TB_HOLE_SINCE[0]}.{AMD_1TB_HOLE_SINCE[1]}+ machines put it at"
-                f" {AMD_ABOVE_4G_RELOCATED:#x} instead (not applied)"
-            )
-    notes.append(
-        f"x86: GPA {X86_LEGACY_HOLE[0]:#x}-{X86_LEGACY_HOLE[1] - 1:#x} is written from {block};"
-        " the guest itself sees VGA memory and BIOS shadows there"
-    )
-    return out
-
-
-def _firmware(family: str, sizes: Mapping[str, int], notes: list[str]) -> dict[str, int]:
-    """GPA of each firmware block present in ``sizes``."""
-    out: dict[str, int] = {}
-    if "pc.bios" in sizes:
-        bios = sizes["pc.bios"]
-        out["pc.bios"] = FOUR_GIB - bios
-        window = min(bios, ISA_BIOS_MAX)
-        notes.append(
-            f"pc.bios ({human_size(bios)}) ends at 4 GiB; its last {human_size(window)} also"
-            f" show at GPA {ISA_BIOS_END - window:#x} (ISA BIOS window over RAM), not duplicated"
-        )
-    top = FOUR_GIB
-    for name in ("system.flash0", "system.flash1"):
-        if name in sizes:
-            top -= sizes[name]
-            out[name] = top
-    if "pc.rom" in sizes:
-        out["pc.rom"] = PC_ROM_START
-    return out
-
-
 # -------------------------------------------------------------------- description
 
 ARCH = Arch(
@@ -235,26 +187,11 @@ ARCH = Arch(
     hex_digits=HEX_DIGITS,
     halted_register="hlt",
     elf_notes=_elf_notes,
+    elf_machine_of=_elf_machine,
+    elf_class_of=_elf_class,
     decode_builtin=decode_builtin,
     builtin_note=BUILTIN_NOTE,
-    families=(
-        MachineFamily(
-            "pc",
-            (re.compile(r"^pc-i440fx-(\d+)\.(\d+)"), re.compile(r"^pc-(\d+)\.(\d+)"), re.compile(r"^pc$")),
-            "pc.ram",
-            _place_ram,
-            _firmware,
-            implied_note=" (q35 would differ only from 0xb0000000 bytes of RAM)",
-        ),
-        MachineFamily(
-            "q35",
-            (re.compile(r"^pc-q35-(\d+)\.(\d+)"), re.compile(r"^q35$")),
-            "pc.ram",
-            _place_ram,
-            _firmware,
-        ),
-        MachineFamily("isapc", (re.compile(r"^isapc$"),), "pc.ram", _place_ram, _firmware),
-    ),
+    families=FAMILIES,
     detect=DetectionHints(
         machine=re.compile(r"^(pc|q35|microvm|isapc|xenfv)"),
         firmware_blocks=("pc.bios", "pc.rom"),

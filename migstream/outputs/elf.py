@@ -1,4 +1,5 @@
-"""ELF64 core files laid out like QEMU's ``dump-guest-memory`` output.
+"""ELF core files laid out like QEMU's ``dump-guest-memory`` output (ELF64; ELF32 where QEMU
+writes one: an x86 guest outside long mode whose memory all lies below 4 GiB).
 
 The layout is computed apart from the data, so that guest pages can be copied
 straight from the stream into the file (``os.copy_file_range``)::
@@ -54,9 +55,13 @@ PN_XNUM = 0xFFFF
 SHN_UNDEF = 0
 SHT_NULL = 0
 
+ELFCLASS32 = 1
 ELF64_EHDR_SIZE = 64
 ELF64_PHDR_SIZE = 56
 ELF64_SHDR_SIZE = 64
+ELF32_EHDR_SIZE = 52
+ELF32_PHDR_SIZE = 32
+ELF32_SHDR_SIZE = 40
 
 DEFAULT_PAGE_SIZE = 4096
 
@@ -78,6 +83,7 @@ class ElfCoreLayout:
     total_size: int
     byteorder: str  # "little" or "big"
     e_machine: int
+    elf_class: int = 64
 
     def write_header(self, fd: int) -> None:
         """Write :attr:`header` at offset 0 and size the file to :attr:`total_size` (holes elsewhere)."""
@@ -138,13 +144,22 @@ def build_elf_core(
         raise UsageError("ELF core: byte order must be 'little' or 'big'", found=order)
     e = "<" if order == "little" else ">"
 
-    notes = b"".join(_note(e, n) for n in spec.elf_notes(order, sorted(cpus, key=lambda c: c.index)))
+    ordered = sorted(cpus, key=lambda c: c.index)
+    machine = spec.elf_machine_for(ordered)
+    notes = b"".join(_note(e, n) for n in spec.elf_notes(order, ordered))
 
+    cls = spec.elf_class_for(ordered, ranges)
+    wide = cls == 64
+    ehsize, phentsize, shentsize = (
+        (ELF64_EHDR_SIZE, ELF64_PHDR_SIZE, ELF64_SHDR_SIZE)
+        if wide
+        else (ELF32_EHDR_SIZE, ELF32_PHDR_SIZE, ELF32_SHDR_SIZE)
+    )
     phnum = 1 + len(ranges)
     extended = phnum >= PN_XNUM
-    phoff = ELF64_EHDR_SIZE
-    shoff = phoff + phnum * ELF64_PHDR_SIZE if extended else 0
-    note_offset = phoff + phnum * ELF64_PHDR_SIZE + (ELF64_SHDR_SIZE if extended else 0)
+    phoff = ehsize
+    shoff = phoff + phnum * phentsize if extended else 0
+    note_offset = phoff + phnum * phentsize + (shentsize if extended else 0)
     header_end = note_offset + len(notes)
 
     segments: list[ElfSegment] = []
@@ -154,47 +169,54 @@ def build_elf_core(
         segments.append(ElfSegment(gpa, size, offset))
         cursor = offset + size
     total = cursor
+    if not wide and total > 0xFFFF_FFFF:
+        raise UsageError("ELF32 core: the file would pass 4 GiB", found=total)
 
-    ident = ELFMAG + bytes(
-        [ELFCLASS64, ELFDATA2LSB if order == "little" else ELFDATA2MSB, EV_CURRENT, ELFOSABI_NONE]
+    ident = (
+        ELFMAG
+        + bytes(
+            [
+                ELFCLASS64 if wide else ELFCLASS32,
+                ELFDATA2LSB if order == "little" else ELFDATA2MSB,
+                EV_CURRENT,
+            ]
+        )
+        + bytes([ELFOSABI_NONE])
     )
+    word = "Q" if wide else "I"
     ehdr = struct.pack(
-        e + "16sHHIQQQIHHHHHH",
+        e + f"16sHHI{word}{word}{word}IHHHHHH",
         ident,
         ET_CORE,
-        spec.elf_machine,
+        machine,
         EV_CURRENT,
         0,  # e_entry
         phoff,
         shoff,
         0,  # e_flags
-        ELF64_EHDR_SIZE,
-        ELF64_PHDR_SIZE,
+        ehsize,
+        phentsize,
         PN_XNUM if extended else phnum,
-        ELF64_SHDR_SIZE if extended else 0,
+        shentsize if extended else 0,
         1 if extended else 0,
         SHN_UNDEF,
     )
-    phdrs = [struct.pack(e + "IIQQQQQQ", PT_NOTE, 0, note_offset, 0, 0, len(notes), len(notes), 4)]
     flags = PF_R | PF_W | PF_X
-    for seg in segments:
-        phdrs.append(
-            struct.pack(
-                e + "IIQQQQQQ",
-                PT_LOAD,
-                flags,
-                seg.file_offset,
-                seg.gpa,
-                seg.gpa,
-                seg.size,
-                seg.size,
-                page_size,
+    table = [(PT_NOTE, 0, note_offset, 0, len(notes), 4)]
+    table += [(PT_LOAD, flags, seg.file_offset, seg.gpa, seg.size, page_size) for seg in segments]
+    phdrs = []
+    for p_type, p_flags, p_offset, addr, size, align in table:
+        if wide:
+            phdrs.append(
+                struct.pack(e + "IIQQQQQQ", p_type, p_flags, p_offset, addr, addr, size, size, align)
             )
-        )
+        else:
+            phdrs.append(struct.pack(e + "8I", p_type, p_offset, addr, addr, size, size, p_flags, align))
     shdr = b""
     if extended:
         # Section header 0 carries the real program header count in sh_info.
-        shdr = struct.pack(e + "IIQQQQIIQQ", 0, SHT_NULL, 0, 0, 0, 0, 0, phnum, 0, 0)
+        fmt = "IIQQQQIIQQ" if wide else "10I"
+        shdr = struct.pack(e + fmt, 0, SHT_NULL, 0, 0, 0, 0, 0, phnum, 0, 0)
     header = ehdr + b"".join(phdrs) + shdr + notes
     assert len(header) == header_end
     return ElfCoreLayout(
@@ -202,5 +224,6 @@ def build_elf_core(
         segments=tuple(segments),
         total_size=total,
         byteorder=order,
-        e_machine=spec.elf_machine,
+        e_machine=machine,
+        elf_class=cls,
     )

@@ -9,7 +9,7 @@ architecture knowledge: :func:`migstream.arch.memory_map` builds the map.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 KiB = 1 << 10
@@ -24,8 +24,11 @@ GPA_LIMIT = 1 << 64
 class Placement:
     """``size`` bytes of ``block`` from ``block_offset`` on, seen by the guest at ``gpa``.
 
-    ``kind`` is ``ram`` (main memory), ``firmware`` (BIOS, flash, secure RAM at a
-    fixed address) or ``override`` (placed by the caller).
+    ``kind`` is ``ram`` (main memory), ``firmware`` (BIOS, ROMs at a fixed
+    address or where the chipset routes them), ``device`` (device memory behind
+    a PCI BAR) or ``override`` (placed by the caller).  ``source`` says which
+    rule put it there (a machine rule, a chipset register, a BAR), for
+    ``--print-map``.
     """
 
     block: str
@@ -33,6 +36,8 @@ class Placement:
     gpa: int
     size: int
     kind: str = "ram"
+    #: Why it is there; not part of what the placement is (equality ignores it).
+    source: str = field(default="", compare=False)
 
     @property
     def gpa_end(self) -> int:
@@ -46,6 +51,7 @@ class Placement:
             "gpa": self.gpa,
             "size": self.size,
             "kind": self.kind,
+            "source": self.source,
         }
 
 
@@ -105,6 +111,7 @@ class MemoryMap:
                 lines.append(
                     f"  {p.gpa:#018x}-{p.gpa_end - 1:#018x}  {p.block:<{width}}"
                     f"  +{p.block_offset:#x}  {human_size(p.size)}  {p.kind}"
+                    + (f"  ({p.source})" if p.source else "")
                 )
         else:
             lines.append("  (nothing placed)")
