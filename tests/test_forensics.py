@@ -8,7 +8,6 @@ vCPU registers that `info registers` showed in the guest.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import CorpusCache, corpus_streams
+from test_elf import _volatility_read_physical
 
 import migstream
 
@@ -35,18 +35,6 @@ GDB = {
 PC_REG = {"x86_64": ("pc", "rip"), "aarch64": ("pc", "pc"), "ppc64": ("pc", "nip")}
 
 
-def _volatility_read_physical(path: Path, gpa: int, length: int) -> bytes:
-    """Guest-physical bytes through volatility3's ELF64 layer (file layer, then the ELF stacker)."""
-    contexts: Any = importlib.import_module("volatility3.framework.contexts")
-    physical: Any = importlib.import_module("volatility3.framework.layers.physical")
-    elf: Any = importlib.import_module("volatility3.framework.layers.elf")
-    ctx = contexts.Context()
-    ctx.config["base.location"] = path.resolve().as_uri()
-    ctx.add_layer(physical.FileLayer(ctx, "base", "base"))
-    layer = elf.Elf64Stacker.stack(ctx, "base")
-    assert layer is not None, "volatility3 does not take the file for an ELF64 core"
-    ctx.add_layer(layer)
-    return bytes(layer.read(gpa, length, pad=True))
 
 
 def _core(corpus: CorpusCache, sid: str, tmp_path: Path) -> Path:
