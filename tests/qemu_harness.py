@@ -41,7 +41,7 @@ PAGE_SIZE = 4096
 GiB = 1 << 30
 MiB = 1 << 20
 
-GET_ANALYZE_MIGRATION = Path("/work/shared/tools/get-analyze-migration.sh")
+GET_ANALYZE_MIGRATION = Path(__file__).resolve().parents[2] / "shared" / "tools" / "get-analyze-migration.sh"
 ANALYZE_MIGRATION_CACHE = (
     Path(os.environ.get("MIGSTREAM_CACHE", Path.home() / ".cache" / "migstream"))
     / "qemu-scripts-trixie"

@@ -274,7 +274,7 @@ def test_paused_guest_matches_dump_guest_memory(case: Case, tmp_path: Path) -> N
 
 
 LINUX_CASES = ["pc-1cpu", "q35-2cpu", "q35-max-512m"]
-MAKE_LINUX_GUEST = Path("/work/shared/tools/make-linux-guest.sh")
+MAKE_LINUX_GUEST = Path(__file__).resolve().parents[2] / "shared" / "tools" / "make-linux-guest.sh"
 CACHE = Path(os.environ.get("MIGSTREAM_CACHE", Path.home() / ".cache" / "migstream"))
 
 
