@@ -1,5 +1,7 @@
 """The VM state of an internal snapshot inside a qcow2 image (``savevm``).
 
+QEMU: block/qcow2-snapshot.c (qcow2_snapshot_create), docs/interop/qcow2.txt.
+
 QEMU stores a snapshot's VM state as if it were guest data placed just past
 the virtual disk, at the first L1 boundary after the disk size, and maps it
 through the snapshot's own L1 table.  :func:`extract_vmstate` walks that

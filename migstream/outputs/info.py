@@ -1,4 +1,7 @@
-"""`migstream info`: what a stream holds, as JSON and as readable text."""
+"""`migstream info`: what a stream holds, as JSON and as readable text.
+
+QEMU: the version hints follow the records each release added or dropped (migration/savevm.c, ram.c).
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Multifd channel captures: packets whose headers list the block offsets of their pages.
 
+QEMU: migration/multifd.c (multifd_send_fill_packet, multifd_recv_unfill_packet).
+
 Each channel starts with a 64-byte initial packet, then packets of a fixed-size
 header (320 bytes + 8 bytes per page slot) followed by the page bytes
 (uncompressed multifd only).  Pages are added to the stream's run table with

@@ -1,4 +1,7 @@
-"""XBZRLE page deltas: (unchanged run, literal run) pairs of ULEB128 lengths."""
+"""XBZRLE page deltas: (unchanged run, literal run) pairs of ULEB128 lengths.
+
+QEMU: migration/xbzrle.c (xbzrle_decode_buffer).
+"""
 
 from __future__ import annotations
 

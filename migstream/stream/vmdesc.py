@@ -1,5 +1,7 @@
 """Find the JSON VM description (the VMDESCRIPTION trailer) by validated framing.
 
+QEMU: migration/savevm.c (qemu_savevm_state_complete_precopy_non_iterable: the vmdesc).
+
 The trailer is ``0x06``, a be32 length, and that many bytes of JSON, right
 after the EOF byte; trailing zero padding may follow (savevm volumes, block
 devices).  A candidate is accepted only if the marker, the length and the end

@@ -1,5 +1,7 @@
 """Device state (vmstate) decoded with the stream's JSON VM description.
 
+QEMU: migration/vmstate.c (vmstate_load_state, vmsd_desc_field_start), migration/vmstate-types.c.
+
 The description gives, for every FULL section, each field's name, type and
 exact wire size.  The decoder walks it over the section bytes and builds a
 tree: a :class:`Struct` maps field names to :class:`Leaf` values (or lists of

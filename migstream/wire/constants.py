@@ -1,4 +1,8 @@
-"""Wire constants of the QEMU migration stream, each declared once, named as QEMU names them."""
+"""Wire constants of the QEMU migration stream, each declared once, named as QEMU names them.
+
+QEMU: migration/savevm.c, migration/ram.c, migration/multifd.h, migration/block.c,
+migration/block-dirty-bitmap.c, hw/s390x/s390-stattrib.c, hw/vfio/migration.c.
+"""
 
 from __future__ import annotations
 
