@@ -158,7 +158,7 @@ class Synthetic:
             "data_every": self.data_every,
             "data_pages": self.data_pages,
             "section_pages": self.section_pages,
-            "generator": 1,
+            "generator": 2,
         }
 
 
@@ -220,6 +220,8 @@ def write_synthetic(cfg: Synthetic, path: Path) -> None:
         b.ram_eos()
         b.eof()
         b.close_section()
+        # A minimal description, as QEMU writes one, so that `state` and QEMU's script run too.
+        b.vmdescription()
         _drain(b, f)
 
 

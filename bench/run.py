@@ -230,6 +230,8 @@ def load_blobs(stream: Path) -> tuple[list[Blob], int] | None:
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
+    if "blobs" not in meta.get("config", {}):
+        return None  # a builder-made stream: no blobs to check
     blobs = [Blob(b["name"], b["kind"], b["seed"], b["blob_no"], b["size"], b["addr"])
              for b in meta["config"]["blobs"]]
     for b in blobs:
