@@ -43,19 +43,8 @@ sys.path.insert(0, str(ROOT))
 
 TARGET = ROOT / "tests" / "fuzz_target.py"
 CORPUS = ROOT.parent / "shared" / "corpus"
-#: Corpus streams used as seeds (after slimming); those larger than --max-len are left out.
-CORPUS_SEEDS = [
-    "qemu-10.0/pc-tcp-multifd",
-    "qemu-7.2/pc-x-ignore-shared",
-    "qemu-7.2/pc-old-machine",
-    "qemu-10.0/pc-postcopy",
-    "qemu-7.2/pc-running-xbzrle",
-    "qemu-7.2/pc-compress",
-    "qemu-10.0/aarch64-virt-paused",
-    "qemu-7.2/s390x-ccw-paused",
-    "qemu-10.0/pc-paused-min",
-    "qemu-7.2/pc-validate-uuid",
-]
+#: Beyond the sweeps' seeds (tests/fuzz_target.py SEED_STREAMS), two more shapes.
+EXTRA_SEEDS = ["qemu-10.0/pc-paused-min", "qemu-7.2/pc-validate-uuid"]
 
 
 @dataclass
@@ -102,7 +91,7 @@ class Summary:
 def make_seeds(out: Path, max_len: int) -> int:
     """Write the seed inputs into ``out``; returns how many."""
     import test_records_cli as recipes
-    from fuzz_target import slim_stream
+    from fuzz_target import SEED_STREAMS, slim_stream
 
     builders = {
         "precopy": recipes.precopy_stream,
@@ -124,7 +113,7 @@ def make_seeds(out: Path, max_len: int) -> int:
         if len(data) <= max_len:
             (out / f"builder-{name}").write_bytes(data)
             n += 1
-    for sid in CORPUS_SEEDS:
+    for sid in [*SEED_STREAMS, *EXTRA_SEEDS]:
         src = CORPUS / sid / "stream.mig.xz"
         if not src.is_file():
             continue

@@ -45,6 +45,7 @@ from qemu_harness import (  # noqa: E402
     elf_read,
     gpa_to_ram_offset,
     migstream_command,
+    rss_anon,
     sha256_file,
     sha256_hex,
 )
@@ -113,8 +114,14 @@ def drop_caches() -> bool:
         return False
 
 
-def run_row(row: Row, repeat: int, timeout: float, out: Path | None, cold: bool,
-            before: Callable[[], None] | None = None) -> None:
+def run_row(
+    row: Row,
+    repeat: int,
+    timeout: float,
+    out: Path | None,
+    cold: bool,
+    before: Callable[[], None] | None = None,
+) -> None:
     for _ in range(repeat):
         if out is not None:
             _clear(out)
@@ -128,9 +135,14 @@ def run_row(row: Row, repeat: int, timeout: float, out: Path | None, cold: bool,
             drop_caches()
         start = time.perf_counter()
         try:
-            proc = subprocess.Popen(row.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, cwd=row.cwd,
-                                    env={**os.environ, **row.env} if row.env else None)
+            proc = subprocess.Popen(
+                row.argv,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                cwd=row.cwd,
+                env={**os.environ, **row.env} if row.env else None,
+            )
         except OSError as exc:
             row.error = str(exc)
             return
@@ -149,17 +161,6 @@ def run_row(row: Row, repeat: int, timeout: float, out: Path | None, cold: bool,
         row.times.append(elapsed)
 
 
-def _rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _wait_sampling(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int | None, bytes]:
     """Wait for ``proc``, sampling its RssAnon; (peak bytes, stderr), or (None, ...) on timeout."""
     import threading
@@ -170,7 +171,7 @@ def _wait_sampling(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int 
     reader.start()
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, _rss_anon(proc.pid))
+        peak = max(peak, rss_anon(proc.pid))
         if time.perf_counter() > deadline:
             proc.kill()
             proc.wait()
@@ -185,8 +186,12 @@ def _small_tmpdir(base: Path, mib: int) -> Path:
     path = base / f"tmp-{mib}m"
     path.mkdir(parents=True, exist_ok=True)
     if not os.path.ismount(path):
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
     return path
 
 
@@ -210,8 +215,9 @@ def check_extract(directory: Path, blobs: list[Blob], ram_size: int) -> str:
     if not found:
         return "no pc.ram file"
     ram = found[0]
-    bad = [b.name for b in blobs
-           if sha256_file(ram, gpa_to_ram_offset(b.addr, ram_size), b.size) != _blob_sha(b)]
+    bad = [
+        b.name for b in blobs if sha256_file(ram, gpa_to_ram_offset(b.addr, ram_size), b.size) != _blob_sha(b)
+    ]
     return "blobs ok" if not bad else "BAD " + ",".join(bad)
 
 
@@ -232,8 +238,10 @@ def load_blobs(stream: Path) -> tuple[list[Blob], int] | None:
     meta = json.loads(meta_path.read_text())
     if "blobs" not in meta.get("config", {}):
         return None  # a builder-made stream: no blobs to check
-    blobs = [Blob(b["name"], b["kind"], b["seed"], b["blob_no"], b["size"], b["addr"])
-             for b in meta["config"]["blobs"]]
+    blobs = [
+        Blob(b["name"], b["kind"], b["seed"], b["blob_no"], b["size"], b["addr"])
+        for b in meta["config"]["blobs"]
+    ]
     for b in blobs:
         if b.name in meta.get("blob_sha256", {}):
             _SHA_CACHE[b] = meta["blob_sha256"][b.name]
@@ -247,10 +255,14 @@ def fmt_s(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stream", type=Path, help="stream to time (default: bench/make_stream.py's)")
-    ap.add_argument("--synthetic", choices=sorted(make_stream.SYNTHETIC),
-                    help="time a builder-made stream in this page layout")
-    ap.add_argument("--pipe-tmpdir-mib", type=int, default=64,
-                    help="TMPDIR size for the pipe rows (default 64 MiB)")
+    ap.add_argument(
+        "--synthetic",
+        choices=sorted(make_stream.SYNTHETIC),
+        help="time a builder-made stream in this page layout",
+    )
+    ap.add_argument(
+        "--pipe-tmpdir-mib", type=int, default=64, help="TMPDIR size for the pipe rows (default 64 MiB)"
+    )
     ap.add_argument("--quick", action="store_true", help="small stream (512 MiB guest, 128 MiB data)")
     ap.add_argument("-n", "--repeat", type=int, default=None, help="runs per command (default 3, quick 2)")
     ap.add_argument("--cli", help="migstream command (default: console script next to python)")
@@ -260,8 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-qemu-script", action="store_true", help="skip QEMU's analyze-migration.py")
     ap.add_argument("--no-check", action="store_true", help="skip checking blobs in memory/extract output")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
-    ap.add_argument("--tmp", type=Path, default=HERE / "out" / "run-tmp",
-                    help="scratch directory for outputs (same filesystem as the stream is best)")
+    ap.add_argument(
+        "--tmp",
+        type=Path,
+        default=HERE / "out" / "run-tmp",
+        help="scratch directory for outputs (same filesystem as the stream is best)",
+    )
     args = ap.parse_args(argv)
     repeat = args.repeat or (2 if args.quick else 3)
 
@@ -281,8 +297,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cli is None and Path(sys.executable).with_name("analyze-migration").exists():
         compat = [str(Path(sys.executable).with_name("analyze-migration"))]
     else:
-        compat = [*cli[:-1], "analyze-migration"] if cli and cli[-1] == "migstream" else \
-            [sys.executable, "-m", "migstream.cli.compat"]
+        compat = (
+            [*cli[:-1], "analyze-migration"]
+            if cli and cli[-1] == "migstream"
+            else [sys.executable, "-m", "migstream.cli.compat"]
+        )
 
     rows: list[Row] = []
     outs: dict[str, Path] = {}
@@ -292,9 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(Row("cat", ["cat", str(stream)]))
     small_tmp = _small_tmpdir(tmp, args.pipe_tmpdir_mib)
     rows.append(Row("cat | dd", ["sh", "-c", f"cat {shlex.quote(str(stream))} | dd of=/dev/null bs=1M"]))
-    rows.append(Row("cat | migstream info -",
-                    ["sh", "-c", f"cat {shlex.quote(str(stream))} | {shlex.join(cli)} info - >/dev/null"],
-                    env={"TMPDIR": str(small_tmp)}))
+    rows.append(
+        Row(
+            "cat | migstream info -",
+            ["sh", "-c", f"cat {shlex.quote(str(stream))} | {shlex.join(cli)} info - >/dev/null"],
+            env={"TMPDIR": str(small_tmp)},
+        )
+    )
     outs["cp"] = tmp / "copy.mig"
     rows.append(Row("cp", ["cp", "--reflink=never", str(stream), str(outs["cp"])], "file"))
     for name, case_args, kind in MIGSTREAM_CASES:
@@ -309,8 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         qemu_state = [sys.executable, str(script), "-f", str(stream), "-d", "state"]
         rows.append(Row("QEMU script -d state", qemu_state))
         outs["QEMU script -x"] = tmp / "qemu-x"
-        rows.append(Row("QEMU script -x", [sys.executable, str(script), "-f", str(stream), "-x"], "dir",
-                        cwd=tmp / "qemu-x"))
+        rows.append(
+            Row(
+                "QEMU script -x",
+                [sys.executable, str(script), "-f", str(stream), "-x"],
+                "dir",
+                cwd=tmp / "qemu-x",
+            )
+        )
 
     cache_note = "cold (page cache dropped before each run)" if args.cold else "warm page cache"
     if args.cold and not drop_caches():
@@ -320,8 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cold:
         subprocess.run(["cat", str(stream)], stdout=subprocess.DEVNULL, check=False)  # warm up
 
-    print(f"stream: {stream} ({size / 2**20:.1f} MiB), {repeat} run(s) per command, {cache_note}",
-          file=sys.stderr)
+    print(
+        f"stream: {stream} ({size / 2**20:.1f} MiB), {repeat} run(s) per command, {cache_note}",
+        file=sys.stderr,
+    )
     for row in rows:
         print(f"  running {row.name} ...", file=sys.stderr, flush=True)
         out = outs.get(row.name)
@@ -363,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         if target is not None:
             ok = value is not None and (value <= target if target > 0 else value >= -target)
             tgt = f"{'<=' if target > 0 else '>='} {abs(target):g}x" + (
-                "" if value is None else ("  ok" if ok else "  MISSED"))
+                "" if value is None else ("  ok" if ok else "  MISSED")
+            )
         shown = "failed" if value is None else f"{value:8.2f}"
         print(f"{label:34} {shown:>8}  {tgt}")
 
@@ -373,13 +405,24 @@ def main(argv: list[str] | None = None) -> int:
             "size": size,
             "repeat": repeat,
             "cache": cache_note,
-            "rows": [{"name": r.name, "argv": r.argv, "times": r.times, "best": r.best,
-                      "error": r.error, "check": r.check, "anon_peak": r.anon_peak} for r in rows],
+            "rows": [
+                {
+                    "name": r.name,
+                    "argv": r.argv,
+                    "times": r.times,
+                    "best": r.best,
+                    "error": r.error,
+                    "check": r.check,
+                    "anon_peak": r.anon_peak,
+                }
+                for r in rows
+            ],
             "ratios": ratio_results,
         }
         args.json.write_text(json.dumps(report, indent=1) + "\n")
-    subprocess.run(["umount", str(small_tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=False)
+    subprocess.run(
+        ["umount", str(small_tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False
+    )
     with contextlib.suppress(OSError):
         small_tmp.rmdir()
         tmp.rmdir()

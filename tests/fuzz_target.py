@@ -164,6 +164,19 @@ def page_record_ranges(stream: Any) -> list[tuple[int, int, int]]:
     return out
 
 
+#: Corpus streams that seed the sweeps and the fuzzer (slimmed): one of each transport and shape.
+SEED_STREAMS = (
+    "qemu-10.0/pc-tcp-multifd",
+    "qemu-7.2/pc-x-ignore-shared",
+    "qemu-7.2/pc-old-machine",
+    "qemu-10.0/pc-postcopy",
+    "qemu-7.2/pc-running-xbzrle",
+    "qemu-7.2/pc-compress",
+    "qemu-10.0/aarch64-virt-paused",
+    "qemu-7.2/s390x-ccw-paused",
+)
+
+
 def slim_stream(data: bytes, keep_per_block: int = 4) -> bytes:
     """``data`` with all but the first ``keep_per_block`` page records of each RAM block dropped.
 

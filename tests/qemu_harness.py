@@ -721,3 +721,15 @@ def iter_chunks(path: Path, chunk: int = 8 * MiB) -> Iterator[bytes]:
             if not data:
                 return
             yield data
+
+
+def rss_anon(pid: int) -> int:
+    """Anonymous resident memory of a process in bytes (RssAnon: a mapped input does not count)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

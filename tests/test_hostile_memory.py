@@ -27,6 +27,7 @@ from builder import (
     sparse_ram_records,
     uleb128_2,
 )
+from qemu_harness import rss_anon
 
 import migstream
 
@@ -38,17 +39,6 @@ BASELINE = 60 * MIB
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 
 
-def _rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def run_measured(args: list[str], tmp: Path) -> tuple[int, int, str]:
     """Run the CLI; returns (exit status, peak anonymous RSS in bytes, stderr)."""
     out, err = tmp / "cli.out", tmp / "cli.err"
@@ -56,7 +46,7 @@ def run_measured(args: list[str], tmp: Path) -> tuple[int, int, str]:
         proc = subprocess.Popen([*CLI, *args], stdout=fo, stderr=fe, stdin=subprocess.DEVNULL)
         peak = 0
         while True:
-            peak = max(peak, _rss_anon(proc.pid))
+            peak = max(peak, rss_anon(proc.pid))
             pid, status, _usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break

@@ -45,6 +45,7 @@ import pytest
 from builder import RamBlock, StreamBuilder
 from conftest import CorpusCache
 from fuzz_target import (
+    SEED_STREAMS,
     Hang,
     Outcome,
     channel_packets,
@@ -555,16 +556,7 @@ def test_builder_stream_sweep(name: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------
 # corpus streams, slimmed to the first pages of each block
 
-CORPUS_STREAMS = [
-    "qemu-10.0/pc-tcp-multifd",
-    "qemu-7.2/pc-x-ignore-shared",
-    "qemu-7.2/pc-old-machine",
-    "qemu-10.0/pc-postcopy",
-    "qemu-7.2/pc-running-xbzrle",
-    "qemu-7.2/pc-compress",
-    "qemu-10.0/aarch64-virt-paused",
-    "qemu-7.2/s390x-ccw-paused",
-]
+CORPUS_STREAMS = SEED_STREAMS
 
 
 def _shape(data: bytes) -> tuple[list[tuple[object, ...]], list[str], dict[int, int]]:

@@ -40,7 +40,6 @@ from migstream.arch.elf_notes import (
     reg_value,
     struct_order,
 )
-from migstream.arch.memory_layout import add_if_free
 from migstream.arch.model import (
     Arch,
     CpuState,
@@ -50,7 +49,7 @@ from migstream.arch.model import (
     MachineVersion,
     RegisterValue,
 )
-from migstream.arch.pci import bar_placements
+from migstream.arch.pci import add_bar_placements
 from migstream.ram.layout import Placement
 
 NAME = "aarch64"
@@ -367,8 +366,7 @@ def _firmware(family: str, sizes: Mapping[str, int], notes: list[str]) -> dict[s
 def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
     """Device memory behind the BARs of PCI devices (the gpex windows map bus addresses 1:1)."""
     out = list(placed)
-    for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes):
-        add_if_free(out, p, ctx.notes)
+    add_bar_placements(ctx, out)
     return out
 
 

@@ -15,7 +15,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from migstream.arch.model import DeviceFields
+from migstream.arch.memory_layout import add_if_free
+from migstream.arch.model import DeviceFields, LayoutContext
 from migstream.ram.layout import Placement
 from migstream.vmstate.values import Leaf
 
@@ -175,3 +176,9 @@ def bar_placements(
             where = f"{label} of {address}" + (f", bus address {bus:#x}" if gpa != bus else "")
             out.append(Placement(name, 0, gpa, sizes[name], "device", where))
     return out
+
+
+def add_bar_placements(ctx: LayoutContext, out: list[Placement], to_gpa: BusToGpa = _identity) -> None:
+    """Add to ``out`` the device memory behind the PCI BARs that does not clash with what it holds."""
+    for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes, to_gpa):
+        add_if_free(out, p, ctx.notes)

@@ -41,7 +41,6 @@ from migstream.arch.elf_notes import (
     reg_value,
     struct_order,
 )
-from migstream.arch.memory_layout import add_if_free
 from migstream.arch.model import (
     Arch,
     CpuState,
@@ -51,7 +50,7 @@ from migstream.arch.model import (
     MachineVersion,
     RegisterValue,
 )
-from migstream.arch.pci import bar_placements
+from migstream.arch.pci import add_bar_placements
 from migstream.errors import StreamFormatError
 from migstream.ram.layout import FOUR_GIB, Placement
 
@@ -380,8 +379,7 @@ def _spapr_bus_to_gpa(address: str, bus: int, size: int) -> int | None:
 def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
     """Device memory behind the BARs of PCI devices, through the sPAPR host bridge windows."""
     out = list(placed)
-    for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes, _spapr_bus_to_gpa):
-        add_if_free(out, p, ctx.notes)
+    add_bar_placements(ctx, out, _spapr_bus_to_gpa)
     return out
 
 

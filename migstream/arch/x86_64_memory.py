@@ -43,7 +43,7 @@ from dataclasses import replace
 
 from migstream.arch.memory_layout import add_if_free, punch
 from migstream.arch.model import LayoutContext, MachineFamily, MachineVersion
-from migstream.arch.pci import bar_placements, config_space, find_config, pci_address
+from migstream.arch.pci import add_bar_placements, config_space, find_config, pci_address
 from migstream.ram.layout import FOUR_GIB, KiB, MiB, Placement, human_size
 from migstream.vmstate.values import IntArray
 
@@ -392,8 +392,7 @@ def _refine(ctx: LayoutContext, placed: list[Placement]) -> list[Placement]:
             )
         else:
             out = _chipset(ctx, host[0], host[1], out)
-    for p in bar_placements(ctx.devices, ctx.sizes, ctx.overridden, ctx.notes):
-        add_if_free(out, p, ctx.notes)
+    add_bar_placements(ctx, out)
     isa_vga = any(i.rsplit("/", 1)[-1] == "vga" and pci_address(i) is None for i, _n, _f in ctx.devices)
     if isa_vga and "vga.vram" in ctx.sizes and "vga.vram" not in ctx.overridden:
         lfb = Placement(
