@@ -164,6 +164,11 @@ class Stream:
         """The final source of every RAM page (resolved once, on first use)."""
         if self.source.closed:
             raise UsageError(f"{self.source.name}: the stream is closed")
+        if self.source.window is not None:
+            raise UsageError(
+                f"{self.source.name}: the stream was read in one pass (opened with pages=False) "
+                "and its page bytes were not kept; open it with pages=True for guest memory"
+            )
         if self._pagemap is None:
             from migstream.ram.pagemap import PageMap
 
@@ -238,12 +243,16 @@ def open(  # noqa: A001 - the natural name for the entry point
     desc: Mapping[str, Any] | str | os.PathLike[str] | None = None,
     channels: Sequence[PathOrFile] = (),
     snapshot: str | None = None,
+    pages: bool = True,
 ) -> Stream:
     """Open and parse a stream (path, ``"-"`` for standard input, or a binary file).
 
     ``desc`` is a VM description (mapping or JSON file) for streams that carry
     none; ``channels`` are multifd channel captures; ``snapshot`` selects a qcow2
-    internal snapshot (default: the last one).
+    internal snapshot (default: the last one).  ``pages=False`` says guest
+    memory will not be read (records, device state and registers only): a
+    pipe or compressed input is then read once as it is parsed, with no
+    temporary copy, and :meth:`Stream.pagemap` and the readers refuse.
     """
     _check_target(target, "the stream")
     if not (desc is None or isinstance(desc, Mapping) or _is_path(desc)):
@@ -262,10 +271,13 @@ def open(  # noqa: A001 - the natural name for the entry point
         raise UsageError(f"snapshot= takes a snapshot name or id (str), not {type(snapshot).__name__}")
     if desc is not None and not isinstance(desc, Mapping):
         desc = load_description(desc)
-    source = _open(target, snapshot)
+    if not isinstance(pages, bool):
+        raise UsageError(f"pages= takes True or False, not {type(pages).__name__}")
+    source = open_source(target, snapshot=snapshot, one_pass=not pages and not channels)
     opened: list[Source] = []
     try:
-        parsed = parse_stream(source.buffer, desc)
+        parsed = parse_stream(source.buffer, desc, window=source.window)
+        source.seal(parsed.size)
         for channel in channels:
             opened.append(open_source(channel, magic=MULTIFD_MAGIC.to_bytes(4, "big")))
         if opened:
@@ -297,10 +309,6 @@ def _check_target(target: object, what: str) -> None:
         raise UsageError(f"{what}: the file is open in text mode; open it with 'rb'")
     if getattr(target, "closed", False):
         raise UsageError(f"{what}: the file object is closed")
-
-
-def _open(target: PathOrFile, snapshot: str | None) -> Source:
-    return open_source(target, snapshot=snapshot)
 
 
 def _with_builtin_layouts(parsed: ParsedStream, buf: memoryview) -> ParsedStream:

@@ -190,11 +190,16 @@ def test_pipe_of_junk_is_refused_before_spooling() -> None:
     assert took < 5, took
 
 
-def test_pipe_spool_stops_at_max_temp() -> None:
+def test_pipe_spool_stops_at_max_temp(tmp_path: Path) -> None:
+    """``memory`` needs the pages again: its pipe is spooled, within the temporary-file cap."""
     producer = _pipe("printf 'QEVM'; cat /dev/zero")
     try:
         proc, took = run_cli(
-            ["info", "-"], stdin=producer.stdout, env={"MIGSTREAM_MAX_TEMP": "2M"}, fsize=16 << 20, timeout=30
+            ["memory", "-", "-o", tmp_path / "out.raw"],
+            stdin=producer.stdout,
+            env={"MIGSTREAM_MAX_TEMP": "2M"},
+            fsize=16 << 20,
+            timeout=30,
         )
     finally:
         producer.kill()
@@ -203,11 +208,34 @@ def test_pipe_spool_stops_at_max_temp() -> None:
     assert took < 10, took
 
 
+@pytest.mark.parametrize("tail", ["", "\\0\\0\\0\\3\\0"])
+def test_pipe_read_once_needs_no_temp(tail: str) -> None:
+    """``info`` reads a pipe once: endless zeros after a bad version or after EOF stop it at once."""
+    producer = _pipe(f"printf 'QEVM{tail}'; cat /dev/zero")
+    try:
+        proc, took = run_cli(
+            ["info", "-"], stdin=producer.stdout, env={"MIGSTREAM_MAX_TEMP": "1"}, fsize=0, timeout=60
+        )
+    finally:
+        producer.kill()
+        producer.wait()
+    if tail:
+        assert proc.returncode == 0, proc.stderr
+        assert "EOF" in proc.stdout
+    else:
+        one_line_error(proc, "unknown stream version")
+    assert took < 20, took
+
+
 def test_decompression_stops_at_max_temp(tmp_path: Path) -> None:
     path = tmp_path / "big.gz"
     path.write_bytes(gzip.compress(b"QEVM" + bytes(32 << 20)))
-    proc, _ = run_cli(["info", path], env={"MIGSTREAM_MAX_TEMP": "1M"}, fsize=8 << 20)
+    out = tmp_path / "out.raw"
+    proc, _ = run_cli(["memory", path, "-o", out], env={"MIGSTREAM_MAX_TEMP": "1M"}, fsize=8 << 20)
     one_line_error(proc, "gzip", "MIGSTREAM_MAX_TEMP=1M", str(1 << 20))
+    # Read once, the same file needs no temporary file at all.
+    proc, _ = run_cli(["info", path], env={"MIGSTREAM_MAX_TEMP": "1"}, fsize=0)
+    one_line_error(proc, "unknown stream version")
 
 
 def test_temp_files_keep_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -522,3 +550,26 @@ def test_extract_removes_its_files_when_the_disk_fills(tmp_path: Path) -> None:
     one_line_error(proc, "too large")
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
     assert left == ["mine.txt"], left
+
+
+def test_integer_field_wider_than_any_integer_stays_bytes() -> None:
+    """A description giving an integer field 3000 bytes: its value is shown as hex, and JSON still works."""
+    b = StreamBuilder()
+    b.header()
+    b.configuration("pc-i440fx-10.0")
+    body = bytes(range(256)) * 12  # 3072 bytes
+    described = {
+        "vmsd_name": "wide",
+        "version": 1,
+        "fields": [{"name": "w", "type": "uint32", "size": 3000}, {"name": "n", "type": "uint8", "size": 72}],
+    }
+    b.section_full(2, "wide", 0, 1, body, describe={"name": "wide", "instance_id": 0, **described})
+    b.eof()
+    b.vmdescription()
+    with migstream.open(__import__("io").BytesIO(b.data())) as s:
+        from migstream.outputs.state_json import state_document
+
+        doc = json.loads(json.dumps(state_document(s)))
+    state = doc["devices"][0]["state"]
+    assert state["w"] == body[:3000].hex()
+    assert state["n"] == int.from_bytes(body[3000:3072], "big") or state["n"] == body[3000:3072].hex()

@@ -33,20 +33,22 @@ def _parse_map(values: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _open(args: argparse.Namespace, inputs: Sequence[str] | None = None) -> Stream:
+def _open(args: argparse.Namespace, inputs: Sequence[str] | None = None, *, pages: bool = True) -> Stream:
+    """The stream named on the command line; ``pages=False``: no guest memory is read (one pass on pipes)."""
     paths = list(inputs if inputs is not None else [args.input])
     return open_stream(
         paths[0],
         desc=getattr(args, "desc", None),
         channels=paths[1:],
         snapshot=getattr(args, "snapshot", None),
+        pages=pages,
     )
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from migstream.outputs.info import info_json, info_text
 
-    with _open(args, args.inputs) as stream:
+    with _open(args, args.inputs, pages=False) as stream:
         if args.json:
             print_json(info_json(stream), indent=None if args.compact else 2)
         else:
@@ -57,7 +59,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     from migstream.outputs.state_json import flat_lines, state_document
 
-    with _open(args) as stream:
+    with _open(args, pages=False) as stream:
         stream.require_state()
         if args.flat:
             for line in flat_lines(stream, device=args.device):
@@ -71,7 +73,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_desc(args: argparse.Namespace) -> int:
-    with _open(args) as stream:
+    with _open(args, pages=False) as stream:
         if not stream.has_own_description:
             raise UsageError("the stream has no VM description (suppress-vmdesc, postcopy, or QEMU < 2.3)")
         print_json(stream.vmdesc, indent=None if args.compact else 2)
@@ -79,7 +81,7 @@ def cmd_desc(args: argparse.Namespace) -> int:
 
 
 def cmd_cpus(args: argparse.Namespace) -> int:
-    with _open(args) as stream:
+    with _open(args, pages=False) as stream:
         cpus = stream.cpus()
         if args.json:
             print_json([c.to_json() for c in cpus])

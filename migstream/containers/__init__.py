@@ -57,6 +57,7 @@ def open_source(
     snapshot: str | None = None,
     max_size: int = DEFAULT_MAX_SIZE,
     magic: bytes | None = None,
+    one_pass: bool = False,
 ) -> Source:
     """Open the QEMU stream held by ``target``: a path, ``"-"`` (standard input) or a binary file object.
 
@@ -65,10 +66,28 @@ def open_source(
     (decompressed data, spooled pipe, extracted VM state).  ``magic``: the
     bytes the payload starts with instead of ``QEVM`` (e.g. multifd channel
     captures), still looked for inside compressed files.
+
+    ``one_pass``: the caller reads the stream once, front to back, and needs no
+    page bytes afterwards; a pipe or compressed input is then read as it is
+    parsed, with nothing written to disk (see :mod:`migstream.containers.one_pass`).
     """
+    if one_pass and magic is None and snapshot is None:
+        from migstream.containers.one_pass import open_one_pass
+
+        src, consumed, pipe = open_one_pass(target, max_size)
+        if src is not None:
+            return src
+        if pipe is not None:
+            name = "<stdin>" if target == "-" else str(getattr(target, "name", target))
+            fd, base, size = _spool(pipe, name, max_size, magic, head=consumed)
+            return _open_layer(_Layer(fd, base, size), name, snapshot, max_size, magic)
     name, fd, base, size = _acquire(target, max_size, magic)
+    return _open_layer(_Layer(fd, base, size), name, snapshot, max_size, magic)
+
+
+def _open_layer(layer: _Layer, name: str, snapshot: str | None, limit: int, magic: bytes | None) -> Source:
     try:
-        return _recognise(_Layer(fd, base, size), name=name, snapshot=snapshot, limit=max_size, magic=magic)
+        return _recognise(layer, name=name, snapshot=snapshot, limit=limit, magic=magic)
     except MigstreamError:
         raise
     except MemoryError:
@@ -142,13 +161,17 @@ def _acquire_fd(
     return (name, *spooled)
 
 
-def _spool(stream: IO[bytes], name: str, limit: int, magic: bytes | None) -> tuple[int, int, int]:
+def _spool(
+    stream: IO[bytes], name: str, limit: int, magic: bytes | None, head: bytes | None = None
+) -> tuple[int, int, int]:
     """Copy a non-seekable stream into an unlinked temporary file: ``(fd, 0, size)``.
 
     The first bytes are recognised before anything is spooled: a pipe that
     does not start like a stream or a known container is refused at once.
+    ``head``: bytes of the stream already read.
     """
-    head = _read_head(stream, name)
+    if head is None or len(head) < SNIFF_BYTES:
+        head = (head or b"") + _read_head(stream, name)
     if not _recognisable(head, magic):
         raise ContainerError(f"{name}: {_not_a_stream(_Layer(-1, 0, 0), head)}")
     out = new_temp_fd()

@@ -37,7 +37,7 @@ from migstream.errors import ContainerError
 ZSTD_MAX_WINDOW = 1 << 31
 """Largest zstd window accepted (what ``zstd --long=31`` writes)."""
 
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+DECODE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     EOFError,
     ValueError,
@@ -67,7 +67,7 @@ def _open_zstd(raw: IO[bytes]) -> Readable:
     return reader
 
 
-_OPENERS: dict[str, Callable[[IO[bytes]], Readable]] = {
+OPENERS: dict[str, Callable[[IO[bytes]], Readable]] = {
     KIND_XZ: _open_xz,
     KIND_GZIP: _open_gzip,
     KIND_BZIP2: _open_bzip2,
@@ -87,10 +87,10 @@ def decompress(fd: int, base: int, size: int, kind: str, *, limit: int) -> int:
             _run_lzop(fd, base, size, out, limit, what)
         elif kind == KIND_ZSTD:
             # The zstd reader ends quietly on a cut frame: check the framing first.
-            _check_zstd_frames(fd, base, size, what)
-            _decompress_with(_OPENERS[kind], fd, base, size, out, limit, what)
+            check_zstd_frames(fd, base, size, what)
+            _decompress_with(OPENERS[kind], fd, base, size, out, limit, what)
         else:
-            _decompress_with(_OPENERS[kind], fd, base, size, out, limit, what)
+            _decompress_with(OPENERS[kind], fd, base, size, out, limit, what)
     except BaseException:
         os.close(out)
         raise
@@ -110,7 +110,7 @@ def peek(fd: int, base: int, size: int, kind: str, length: int) -> bytes:
     reader: Any = None
     parts: list[bytes] = []
     try:
-        reader = _OPENERS[kind](raw)
+        reader = OPENERS[kind](raw)
         while length > 0:
             chunk = reader.read(length)
             if not chunk:
@@ -119,7 +119,7 @@ def peek(fd: int, base: int, size: int, kind: str, length: int) -> bytes:
             length -= len(chunk)
     except ContainerError:
         raise
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         if not parts:
             raise ContainerError(f"{what} is corrupt: {_one_line(exc)}") from None
     finally:
@@ -161,7 +161,7 @@ def _decompress_with(
         copy_capped(reader, out, limit, f"{what} once decompressed")
     except ContainerError:
         raise
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         done = os.fstat(out).st_size
         raise ContainerError(
             f"{what} is corrupt or truncated (after {done} bytes of output): {_one_line(exc)}"
@@ -180,7 +180,7 @@ _ZSTD_DICT_ID_SIZES = (0, 1, 2, 4)
 _ZSTD_CONTENT_SIZE_SIZES = (0, 2, 4, 8)  # flag 0 means 1 byte for single-segment frames
 
 
-def _check_zstd_frames(fd: int, base: int, size: int, what: str) -> None:
+def check_zstd_frames(fd: int, base: int, size: int, what: str) -> None:
     """Walk the zstd frame and block headers of ``[base, base + size)``; raise if cut or malformed."""
     pos, end = base, base + size
     frames = 0

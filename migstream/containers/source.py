@@ -11,9 +11,12 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migstream.errors import ContainerError
+
+if TYPE_CHECKING:
+    from migstream.containers.window import StreamWindow
 
 
 class Source:
@@ -49,6 +52,8 @@ class Source:
         self._mmap: mmap.mmap | None = None
         self.closed = False
         self.buffer: memoryview
+        #: Set when the stream is read once from a pipe or a decompressor (see :meth:`one_pass`).
+        self.window: StreamWindow | None = None
         if size == 0:
             self.buffer = memoryview(b"")
             return
@@ -59,9 +64,34 @@ class Source:
             raise ContainerError(f"cannot map {name}: {exc}") from None
         self.buffer = memoryview(self._mmap)[base - start : base - start + size]
 
+    @classmethod
+    def one_pass(
+        cls, name: str, window: StreamWindow, *, container: str, details: dict[str, Any] | None = None
+    ) -> Source:
+        """A stream read once, front to back, through ``window``: no descriptor, no random access.
+
+        ``buffer`` covers the window's whole reserved range until :meth:`seal`
+        is called with the size the stream turned out to have.
+        """
+        src = cls(name, -1, 0, 0, container=container, details=details, owns_fd=False)
+        src.window = window
+        src.buffer = window.buffer
+        src.size = window.filled
+        return src
+
+    def seal(self, size: int) -> None:
+        """The one-pass stream ended: ``buffer`` is now exactly its ``size`` bytes."""
+        if self.window is not None:
+            self.size = size
+            self.buffer = self.window.buffer[:size]
+
     def close(self) -> None:
         """Release the mapping and the descriptor (and any temporary file)."""
         self.closed = True
+        if self.window is not None:
+            with contextlib.suppress(BufferError):
+                self.buffer.release()
+            self.window.close()
         with contextlib.suppress(BufferError):
             self.buffer.release()
         if self._mmap is not None:

@@ -59,6 +59,10 @@ def _load_compiled() -> tuple[ScanFunction | None, TotalsFunction | None]:
     return _scan.scan, _scan.page_totals
 
 
+#: Bytes read ahead of the page records of a one-pass stream: little, so that the same
+#: memory (see :mod:`migstream.containers.window`) is read into and scanned while in cache.
+ONE_PASS_AHEAD = 4 << 20
+
 #: The compiled record scanner and run summer, or None (not built, or MIGSTREAM_PURE_PYTHON=1).
 compiled_scanner, compiled_totals = _load_compiled()
 
@@ -201,6 +205,7 @@ class RamDecoder:
             if mapped is not None and pages_offset:
                 # The writer jumps over the region that holds this block's pages.
                 target = pages_offset + used
+                r.ensure(target)
                 if target < r.pos or target > r.end:
                     raise StreamFormatError(
                         "mapped-ram pages region lies outside the stream",
@@ -262,6 +267,7 @@ class RamDecoder:
             )
         npages = -(-block.size // ps)
         nbytes = -(-npages // 64) * 8
+        r.ensure(hdr.bitmap_offset + nbytes)
         if hdr.bitmap_offset + nbytes > r.end:
             raise StreamFormatError(
                 "mapped-ram bitmap lies outside the stream",
@@ -286,15 +292,25 @@ class RamDecoder:
             st.counters["mapped"] += b - a
 
     # -- page records -----------------------------------------------------
-    def read_section(self, r: Reader) -> None:
-        """Consume RAM records up to and including EOS."""
+    def read_section(self, r: Reader, *, release: bool = False) -> None:
+        """Consume RAM records up to and including EOS.
+
+        ``release``: a one-pass reader may give back the bytes of the records
+        once they are indexed (nothing reads them again).
+        """
         st = self.state
         ps = st.options.page_size
         mask = ps - 1
         buf = r.buf
         runs = st.runs
         counters = st.counters
+        payload = r.pos
+        one_pass = r.window is not None
         while True:
+            if one_pass:
+                if release:
+                    r.release_before(payload)
+                r.refill(ONE_PASS_AHEAD)
             if compiled_scanner is not None:
                 self._scan_compiled(r, compiled_scanner)
             start = r.pos
@@ -304,6 +320,8 @@ class RamDecoder:
             kind_flags = flags & ~RamFlag.CONTINUE
             if kind_flags == RamFlag.EOS:
                 counters["eos"] += 1
+                if one_pass and release:
+                    r.release_before(payload)
                 return
             if kind_flags == RamFlag.MEM_SIZE:
                 self._mem_size(r, addr)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from migstream.errors import LimitError, StreamFormatError, TruncatedError, UnsupportedError
+from migstream.errors import LimitError, MigstreamError, StreamFormatError, TruncatedError, UnsupportedError
 from migstream.ram.model import RamIndex, RamStats
 from migstream.ram.records import RamDecoder, RamOptions, RamState
 from migstream.sections import live_decoder
@@ -24,7 +24,7 @@ from migstream.stream.devices import DeviceSections, SectionEntry, UnsizableSect
 from migstream.stream.footers import footer_follows, read_footer, scan_to_footer
 from migstream.stream.model import DeviceState, LiveSection, ParsedStream
 from migstream.stream.records import Configuration, Diagnostic, Record
-from migstream.stream.vmdesc import VmDescription, locate_vmdesc
+from migstream.stream.vmdesc import VmDescription, locate_vmdesc, read_trailer
 from migstream.wire.constants import (
     QEMU_VM_FILE_MAGIC,
     QEMU_VM_FILE_VERSION,
@@ -32,7 +32,7 @@ from migstream.wire.constants import (
     MigCmd,
     RecordType,
 )
-from migstream.wire.reader import Reader
+from migstream.wire.reader import Reader, Window
 
 _SECTION_TYPE_NAMES = {
     RecordType.SECTION_START: rt.SECTION_START,
@@ -44,8 +44,12 @@ _HEADER_TYPES = (RecordType.SECTION_START, RecordType.SECTION_FULL)
 
 
 class _Parser:
-    def __init__(self, buf: memoryview, desc_override: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self, buf: memoryview, desc_override: Mapping[str, Any] | None, window: Window | None = None
+    ) -> None:
         self.buf = buf
+        self.window = window
+        self.reader: Reader | None = None
         self.records: list[Record] = []
         self.diagnostics: list[Diagnostic] = []
         self.sections: dict[int, SectionEntry] = {}
@@ -53,24 +57,36 @@ class _Parser:
         self.devices: list[DeviceState] = []
         self.footers: bool | None = None
         self.configuration: Configuration | None = None
-        self.vmdesc: VmDescription | None = locate_vmdesc(buf)
+        # A one-pass stream shows its description only at its end (see _describe_devices).
+        self.vmdesc: VmDescription | None = None if window is not None else locate_vmdesc(buf)
         self.desc: Mapping[str, Any] | None = desc_override
         if self.desc is None and self.vmdesc is not None:
             self.desc = self.vmdesc.data
-        self.device_reader = DeviceSections(
-            index_descriptions(self.desc) if self.desc is not None else {},
-            have_desc=self.desc is not None,
-            foreign_desc=desc_override is not None,
-            scan_to_footer=self._scan_to_footer,
-            diagnostics=self.diagnostics,
-            known_sections=self.sections,
-        )
+        self.foreign_desc = desc_override is not None
+        self.device_reader = self._device_reader()
         self.ram_section_id: int | None = None
         self.eof_offset: int | None = None
         self.version = 0
         self.postcopy_advise: Mapping[str, Any] | None = None
         self.ram: RamState | None = None
         self.truncated: TruncatedError | None = None
+
+    def _device_reader(self) -> DeviceSections:
+        return DeviceSections(
+            index_descriptions(self.desc) if self.desc is not None else {},
+            have_desc=self.desc is not None,
+            foreign_desc=self.foreign_desc,
+            scan_to_footer=self._scan_to_footer,
+            diagnostics=self.diagnostics,
+            known_sections=self.sections,
+        )
+
+    @property
+    def size(self) -> int:
+        """The stream's size (for a one-pass stream: the bytes read)."""
+        if self.window is not None and self.reader is not None:
+            return self.reader.end
+        return len(self.buf)
 
     def _page_size(self) -> int:
         if self.desc is not None:
@@ -99,7 +115,7 @@ class _Parser:
     # -- entry -------------------------------------------------------------
     def parse(self) -> ParsedStream:
         buf = self.buf
-        r = Reader(buf)
+        r = self.reader = Reader(buf, window=self.window)
         r.need(8, "the stream header")
         magic = r.be32("the stream magic")
         if magic != QEMU_VM_FILE_MAGIC:
@@ -150,7 +166,7 @@ class _Parser:
             if (s := self.sections[sid]).summaries
         )
         return ParsedStream(
-            size=len(self.buf),
+            size=self.size,
             version=self.version,
             records=tuple(self.records),
             configuration=self.configuration,
@@ -175,6 +191,7 @@ class _Parser:
                 return
             start = r.pos
             r.context = None
+            r.refill()
             if r.remaining == 0:
                 raise TruncatedError(
                     "stream ends without an EOF record",
@@ -214,6 +231,13 @@ class _Parser:
 
     def _after_eof(self, r: Reader) -> None:
         pos = r.pos
+        if self.window is not None:
+            read_trailer(r)
+            if self.desc is None:
+                self.vmdesc = locate_vmdesc(self.buf[: self.size])
+                if self.vmdesc is not None:
+                    self.desc = self.vmdesc.data
+                    self._describe_devices()
         if self.vmdesc is not None and self.vmdesc.offset == pos:
             self.records.append(
                 Record(pos, rt.VMDESCRIPTION, self.vmdesc.end, details={"length": self.vmdesc.length})
@@ -227,7 +251,7 @@ class _Parser:
                     pos,
                 )
             )
-        elif pos < len(self.buf) and self.buf[pos] == RecordType.VMDESCRIPTION:
+        elif pos < self.size and self.buf[pos] == RecordType.VMDESCRIPTION:
             self.diagnostics.append(
                 Diagnostic(
                     "warning",
@@ -236,10 +260,21 @@ class _Parser:
                     pos,
                 )
             )
-        if bytes(self.buf[pos : pos + 4096]).strip(b"\0"):
+        if bytes(self.buf[pos : min(pos + 4096, self.size)]).strip(b"\0"):
             self.diagnostics.append(
-                Diagnostic("note", f"{len(self.buf) - pos} bytes follow the end of the stream", pos)
+                Diagnostic("note", f"{self.size - pos} bytes follow the end of the stream", pos)
             )
+
+    def _describe_devices(self) -> None:
+        """A one-pass stream: decode its device sections (kept in memory) with the description found last."""
+        self.device_reader = self._device_reader()
+        for i, dev in enumerate(self.devices):
+            sec = SectionEntry(dev.section_id, dev.name, dev.instance_id, dev.version_id)
+            r = Reader(self.buf, dev.payload_offset, self.size)
+            r.context = f"{dev.name!r} (id {dev.section_id})"
+            self.devices[i] = self.device_reader.read(r, dev.offset, sec, dev.depth, self.footers)
+            if self.footers:
+                read_footer(r, dev.section_id)
 
     # -- sections -------------------------------------------------------------
     def _section(self, r: Reader, start: int, kind: RecordType, depth: int) -> None:
@@ -306,7 +341,9 @@ class _Parser:
             )
         if self.ram_section_id is None:
             self.ram_section_id = sid
-        RamDecoder(self._ram_state()).read_section(r)
+        # With footers, every device section is sized without the description, which a
+        # one-pass stream shows last: page bytes need not be kept for a second reading.
+        RamDecoder(self._ram_state()).read_section(r, release=self.footers is True)
 
     def _skip_unknown(self, r: Reader, sec: SectionEntry) -> dict[str, Any]:
         if self.footers is False:
@@ -340,6 +377,7 @@ class _Parser:
             # The records inside are read up to the end of the data even when the
             # package is cut, so that a cut stream keeps all it holds.
             end = r.pos + int(details["length"])
+            r.ensure(end)
             inner = Reader(r.buf, r.pos, min(end, r.end))
             try:
                 self._loop(inner, depth + 1)
@@ -356,9 +394,29 @@ class _Parser:
             r.pos = end
 
 
-def parse_stream(buf: memoryview, desc: Mapping[str, Any] | None = None) -> ParsedStream:
-    """Parse a whole stream held in ``buf`` (``desc``: a VM description to use instead of the stream's)."""
+def parse_stream(
+    buf: memoryview, desc: Mapping[str, Any] | None = None, *, window: Window | None = None
+) -> ParsedStream:
+    """Parse a whole stream held in ``buf`` (``desc``: a VM description to use instead of the stream's).
+
+    With a ``window``, the stream is read once as the parse goes (a pipe): page
+    bytes are given back once indexed, and device sections are decoded at the
+    end, with the description.  A stream without section footers keeps every
+    byte instead, and what was read is parsed again as a whole once its
+    description is at hand.
+    """
     try:
-        return _Parser(buf, desc).parse()
+        if window is None:
+            return _Parser(buf, desc).parse()
+        first = _Parser(buf, desc, window)
+        try:
+            parsed = first.parse()
+        except MigstreamError:
+            if first.footers is True or first.reader is None:
+                raise
+        else:
+            if first.footers is True:
+                return parsed
+        return _Parser(buf[: first.size], desc).parse()
     except RecursionError:
         raise LimitError("the stream nests records too deeply") from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migstream.wire.constants import RecordType
-from migstream.wire.reader import be32_at
+from migstream.wire.reader import Reader, be32_at
 
 #: How much trailing zero padding is tolerated after the description.
 MAX_TRAILING_ZEROS = 64 << 20
@@ -87,3 +87,37 @@ def locate_vmdesc(buf: memoryview) -> VmDescription | None:
         if isinstance(data, dict):
             return VmDescription(marker, length, end, data)
     return None
+
+
+#: Bytes looked at after the end of a one-pass stream for data that is not padding.
+TAIL_PEEK = 4096
+
+
+def read_trailer(r: Reader) -> None:
+    """A one-pass stream after its EOF byte: read the description and what follows, and end there.
+
+    The description is read by its length (when that is within bounds); then
+    zero padding is read and dropped up to :data:`MAX_TRAILING_ZEROS`, and at
+    most :data:`TAIL_PEEK` bytes of anything else, so that the stream's end is
+    where a file's would be without reading an endless input to its end.
+    """
+    end = r.pos
+    r.ensure(end + 5)
+    if r.end - end >= 5 and r.buf[end] == RecordType.VMDESCRIPTION:
+        length = be32_at(r.buf, end + 1)
+        if length <= MAX_VMDESC:
+            r.ensure(end + 5 + length)
+            end = min(r.end, end + 5 + length)
+    limit = end + MAX_TRAILING_ZEROS
+    zeros = end
+    while end < limit:
+        r.ensure(end + min(_CHUNK, limit - end))
+        stop = min(r.end, end + _CHUNK)
+        if stop <= end:
+            break
+        if bytes(r.buf[end:stop]).strip(b"\0"):
+            end = min(r.end, end + TAIL_PEEK)
+            break
+        r.pos, end = stop, stop
+        r.release_before(zeros)
+    r.end = r.pos = end

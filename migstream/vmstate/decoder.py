@@ -65,6 +65,9 @@ _BE_SIGNED = {
     8: _struct.Struct(">q"),
 }
 
+#: Widest integer field read as a number (an odd size from a foreign description); wider ones stay bytes.
+MAX_INT_FIELD = 16
+
 
 class NeedsSectionEnd(DescriptionError):
     """The description cannot size a field; knowing where the section ends would settle it."""
@@ -268,6 +271,8 @@ class VmstateDecoder:
             fmt = (_BE_SIGNED if INT_TYPES[ftype] else _BE_UNSIGNED).get(size)
             if fmt is None:
                 raw = bytes(r.take(size, f"field {path}"))
+                if size > MAX_INT_FIELD:  # no integer that wide exists: kept as bytes (shown as hex)
+                    return Leaf(ftype, start, size, raw)
                 return Leaf(
                     ftype, start, size, int.from_bytes(raw, "big", signed=INT_TYPES[ftype]), INT_TYPES[ftype]
                 )
