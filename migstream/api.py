@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from migstream.ram.layout import MemoryMap
     from migstream.ram.pagemap import PageMap
     from migstream.ram.readers import BlockReader, PhysicalReader
+    from migstream.ram.stage import PageStage
 
 PathOrFile = str | os.PathLike[str] | BinaryIO
 
@@ -36,12 +37,23 @@ class Stream:
     pages travelled on them.
     """
 
-    def __init__(self, source: Source, parsed: ParsedStream, channels: Sequence[Source] = ()) -> None:
+    def __init__(
+        self,
+        source: Source,
+        parsed: ParsedStream,
+        channels: Sequence[Source] = (),
+        *,
+        staged: tuple[Source, PageMap] | None = None,
+    ) -> None:
         self.source = source
         self.parsed = _with_builtin_layouts(parsed, source.buffer)
         self.channels = tuple(channels)
         self._cpus: list[CpuState] | None = None
         self._pagemap: PageMap | None = None
+        #: The staging file of a one-pass stream's pages (see ``open(stage_dir=...)``).
+        self.stage: Source | None = None
+        if staged is not None:
+            self.stage, self._pagemap = staged
 
     # -- what the stream holds --------------------------------------------------
     @property
@@ -164,6 +176,8 @@ class Stream:
         """The final source of every RAM page (resolved once, on first use)."""
         if self.source.closed:
             raise UsageError(f"{self.source.name}: the stream is closed")
+        if self._pagemap is not None:
+            return self._pagemap
         if self.source.window is not None:
             raise UsageError(
                 f"{self.source.name}: the stream was read in one pass (opened with pages=False) "
@@ -212,6 +226,8 @@ class Stream:
         self.source.close()
         for ch in self.channels:
             ch.close()
+        if self.stage is not None:
+            self.stage.close()
 
     def __enter__(self) -> Stream:
         return self
@@ -244,6 +260,7 @@ def open(  # noqa: A001 - the natural name for the entry point
     channels: Sequence[PathOrFile] = (),
     snapshot: str | None = None,
     pages: bool = True,
+    stage_dir: str | os.PathLike[str] | None = None,
 ) -> Stream:
     """Open and parse a stream (path, ``"-"`` for standard input, or a binary file).
 
@@ -253,6 +270,9 @@ def open(  # noqa: A001 - the natural name for the entry point
     memory will not be read (records, device state and registers only): a
     pipe or compressed input is then read once as it is parsed, with no
     temporary copy, and :meth:`Stream.pagemap` and the readers refuse.
+    ``stage_dir``: a pipe or compressed input is read once and its pages are
+    written, as they arrive, into an unlinked sparse file in that directory
+    (a file's own bytes are used in place, as always).
     """
     _check_target(target, "the stream")
     if not (desc is None or isinstance(desc, Mapping) or _is_path(desc)):
@@ -273,11 +293,21 @@ def open(  # noqa: A001 - the natural name for the entry point
         desc = load_description(desc)
     if not isinstance(pages, bool):
         raise UsageError(f"pages= takes True or False, not {type(pages).__name__}")
-    source = open_source(target, snapshot=snapshot, one_pass=not pages and not channels)
+    if stage_dir is not None and not _is_path(stage_dir):
+        raise UsageError(f"stage_dir= takes a directory path, not {type(stage_dir).__name__}")
+    one_pass = not channels and (not pages or stage_dir is not None)
+    source = open_source(target, snapshot=snapshot, one_pass=one_pass)
     opened: list[Source] = []
+    stage = None
     try:
-        parsed = parse_stream(source.buffer, desc, window=source.window)
+        if pages and source.window is not None:
+            from migstream.ram.stage import PageStage
+
+            stage = PageStage(_stage_file(os.fspath(stage_dir or ".")))
+        parsed = parse_stream(source.buffer, desc, window=source.window, ram_sink=stage)
         source.seal(parsed.size)
+        if stage is not None:
+            return Stream(source, parsed, staged=_staged(source, parsed, stage))
         for channel in channels:
             opened.append(open_source(channel, magic=MULTIFD_MAGIC.to_bytes(4, "big")))
         if opened:
@@ -289,7 +319,34 @@ def open(  # noqa: A001 - the natural name for the entry point
         source.close()
         for src in opened:
             src.close()
+        if stage is not None:
+            os.close(stage.fd)
         raise
+
+
+def _stage_file(directory: str) -> int:
+    """An unlinked file in ``directory`` for staged pages."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (OSError, AttributeError):
+        pass
+    import tempfile
+
+    try:
+        fd, path = tempfile.mkstemp(prefix=".migstream-stage-", dir=directory)
+    except OSError as exc:
+        raise UsageError(f"cannot create a staging file in {directory}: {exc.strerror}") from None
+    os.unlink(path)
+    return fd
+
+
+def _staged(source: Source, parsed: ParsedStream, stage: PageStage) -> tuple[Source, PageMap]:
+    """The pages of a one-pass stream, complete in their staging file, as a page map."""
+    from migstream.ram.pagemap import PageMap
+
+    stage.apply(parsed.page_size, parsed.ram.blocks, parsed.ram.runs, source.buffer)
+    staged = Source(f"{source.name} (staged pages)", stage.fd, 0, stage.size)
+    return staged, PageMap(parsed.ram, [staged], index=stage.intervals())
 
 
 def _is_path(value: object) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -33,16 +34,40 @@ def _parse_map(values: Sequence[str]) -> dict[str, int]:
     return out
 
 
-def _open(args: argparse.Namespace, inputs: Sequence[str] | None = None, *, pages: bool = True) -> Stream:
-    """The stream named on the command line; ``pages=False``: no guest memory is read (one pass on pipes)."""
+def _open(
+    args: argparse.Namespace,
+    inputs: Sequence[str] | None = None,
+    *,
+    pages: bool = True,
+    output: str | None = None,
+) -> Stream:
+    """The stream named on the command line.
+
+    ``pages=False``: no guest memory is read (a pipe is read once).  ``output``:
+    where guest memory goes; a pipe or compressed input is read once and its
+    pages are staged beside it (on that filesystem, not in TMPDIR).
+    """
     paths = list(inputs if inputs is not None else [args.input])
+    stage_dir = None
+    if output is not None:
+        stage_dir = os.path.dirname(os.path.abspath(output.rstrip("/") or output)) or "."
     return open_stream(
         paths[0],
         desc=getattr(args, "desc", None),
         channels=paths[1:],
         snapshot=getattr(args, "snapshot", None),
         pages=pages,
+        stage_dir=stage_dir,
     )
+
+
+def _staged_note(stream: Stream) -> None:
+    if stream.stage is not None:
+        sys.stderr.write(
+            f"{PROG}: note: the input was read once; its pages were written as they came into an "
+            f"unlinked file beside the output ({stream.pagemap().data_bytes_total()} bytes), "
+            "then copied into place\n"
+        )
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -95,7 +120,7 @@ def cmd_cpus(args: argparse.Namespace) -> int:
 def cmd_memory(args: argparse.Namespace) -> int:
     from migstream.outputs.memory import data_bytes, write_memory
 
-    with _open(args, args.inputs) as stream:
+    with _open(args, args.inputs, pages=bool(args.output), output=args.output) as stream:
         progress = None
         if args.output and sys.stderr.isatty():
             mmap_ = stream.memory_map(_parse_map(args.map))
@@ -115,6 +140,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
                 progress.close()
         for note in notes:
             sys.stderr.write(f"{PROG}: note: {note}\n")
+        _staged_note(stream)
         if report:
             sys.stdout.write(report)
         return partial_exit(PROG, stream.truncated if args.output else None)
@@ -123,7 +149,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from migstream.outputs.extract import extract
 
-    with _open(args, args.inputs) as stream:
+    with _open(args, args.inputs, output=args.output) as stream:
         progress = None
         if sys.stderr.isatty():
             pm = stream.pagemap()
@@ -134,6 +160,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         finally:
             if progress is not None:
                 progress.close()
+        _staged_note(stream)
         return partial_exit(PROG, stream.truncated)
 
 

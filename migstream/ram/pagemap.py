@@ -68,14 +68,17 @@ class PageMap:
         ram: RamIndex,
         sources: Sequence[Source],
         discards: Sequence[tuple[int, str, Sequence[Sequence[int]]]] = (),
+        *,
+        index: Intervals | None = None,
     ) -> None:
         """``sources``: the main stream, then each multifd channel; ``discards``: the
-        POSTCOPY_RAM_DISCARD commands as (stream offset, block name, [(start, length), ...])."""
+        POSTCOPY_RAM_DISCARD commands as (stream offset, block name, [(start, length), ...]).
+        ``index``: intervals already resolved (pages staged elsewhere), instead of ``ram``'s runs."""
         self.ram = ram
         self.sources = tuple(sources)
         self.page_size = ram.page_size
         self.blocks = ram.blocks
-        self.index: Intervals = resolve(ram, discards)
+        self.index: Intervals = resolve(ram, discards) if index is None else index
         self.warnings: list[str] = list(self.index.warnings)
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cached_bytes = 0
@@ -111,8 +114,12 @@ class PageMap:
         return self.sources[channel].buffer
 
     # -- page bytes --------------------------------------------------------------------------
-    def built_page(self, row: int) -> bytes:
-        """The bytes of built page ``row`` (an XBZRLE result or an inflated page)."""
+    def built_page(self, row: int, absent_base: bytes | None = None) -> bytes:
+        """The bytes of built page ``row`` (an XBZRLE result or an inflated page).
+
+        ``absent_base``: what the page held before the runs indexed here, for an
+        XBZRLE page applied to a page none of them sent (default: zeros).
+        """
         hit = self._cache.get(row)
         if hit is not None:
             self._cache.move_to_end(row)
@@ -137,6 +144,8 @@ class PageMap:
             page = bytearray(self.channel_buffer(int(bt.base_channel[last]))[off : off + ps])
         elif bt.base_kind[last] == FILL:
             page = bytearray(bytes([int(bt.base_src[last])]) * ps)
+        elif bt.base_kind[last] == ABSENT and absent_base is not None:
+            page = bytearray(absent_base)
         else:
             page = bytearray(ps)
         for r in reversed(chain):
@@ -209,6 +218,10 @@ class PageMap:
         s = np.clip(ix.start[lo:hi], first, stop)
         e = np.clip(ix.end[lo:hi], first, stop)
         return int((e - s).sum()) * self.page_size
+
+    def data_bytes_total(self) -> int:
+        """Bytes of page data over every block."""
+        return int((self.index.end - self.index.start).sum()) * self.page_size
 
     def present(self, block: int) -> bool:
         """Whether any page of the block came in the stream (zero pages count)."""

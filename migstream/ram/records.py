@@ -129,9 +129,14 @@ def _flag_names(flags: int) -> str:
 class RamDecoder:
     """Parses RAM section payloads into ``state`` (one decoder per stream channel)."""
 
-    def __init__(self, state: RamState, channel: int = 0) -> None:
+    def __init__(
+        self, state: RamState, channel: int = 0, *, sink: Callable[[RamState], None] | None = None
+    ) -> None:
+        """``sink``: called with the state before the bytes of the runs indexed so far are given
+        back (a one-pass stream), so that their pages can be written out first."""
         self.state = state
         self.channel = channel
+        self.sink = sink
         ps = state.options.page_size
         if ps <= 0 or ps & (ps - 1):
             raise StreamFormatError("target page size is not a power of two", found=ps)
@@ -309,6 +314,8 @@ class RamDecoder:
         while True:
             if one_pass:
                 if release:
+                    if self.sink is not None:
+                        self.sink(st)
                     r.release_before(payload)
                 r.refill(ONE_PASS_AHEAD)
             if compiled_scanner is not None:
@@ -321,6 +328,8 @@ class RamDecoder:
             if kind_flags == RamFlag.EOS:
                 counters["eos"] += 1
                 if one_pass and release:
+                    if self.sink is not None:
+                        self.sink(st)
                     r.release_before(payload)
                 return
             if kind_flags == RamFlag.MEM_SIZE:

@@ -10,11 +10,11 @@ read up to the cut, and says where and inside what the stream ends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from migstream.errors import LimitError, MigstreamError, StreamFormatError, TruncatedError, UnsupportedError
-from migstream.ram.model import RamIndex, RamStats
+from migstream.ram.model import RamBlock, RamIndex, RamStats, RunTable
 from migstream.ram.records import RamDecoder, RamOptions, RamState
 from migstream.sections import live_decoder
 from migstream.stream import records as rt
@@ -43,12 +43,27 @@ _SECTION_TYPE_NAMES = {
 _HEADER_TYPES = (RecordType.SECTION_START, RecordType.SECTION_FULL)
 
 
+class RamSink(Protocol):
+    """Takes the pages of a one-pass stream while their bytes are at hand (see ``ram.stage``)."""
+
+    def apply(
+        self, page_size: int, blocks: Sequence[RamBlock], runs: RunTable, buffer: memoryview
+    ) -> None: ...
+
+    def discard(self, name: str, ranges: Sequence[Sequence[int]]) -> None: ...
+
+
 class _Parser:
     def __init__(
-        self, buf: memoryview, desc_override: Mapping[str, Any] | None, window: Window | None = None
+        self,
+        buf: memoryview,
+        desc_override: Mapping[str, Any] | None,
+        window: Window | None = None,
+        ram_sink: RamSink | None = None,
     ) -> None:
         self.buf = buf
         self.window = window
+        self.ram_sink = ram_sink
         self.reader: Reader | None = None
         self.records: list[Record] = []
         self.diagnostics: list[Diagnostic] = []
@@ -343,7 +358,11 @@ class _Parser:
             self.ram_section_id = sid
         # With footers, every device section is sized without the description, which a
         # one-pass stream shows last: page bytes need not be kept for a second reading.
-        RamDecoder(self._ram_state()).read_section(r, release=self.footers is True)
+        RamDecoder(self._ram_state(), sink=self._sink_runs).read_section(r, release=self.footers is True)
+
+    def _sink_runs(self, state: RamState) -> None:
+        if self.ram_sink is not None:
+            self.ram_sink.apply(state.options.page_size, state.blocks, state.runs, self.buf)
 
     def _skip_unknown(self, r: Reader, sec: SectionEntry) -> dict[str, Any]:
         if self.footers is False:
@@ -372,6 +391,9 @@ class _Parser:
         cmd, details = read_command(r, start)
         if cmd == MigCmd.POSTCOPY_ADVISE and details:
             self.postcopy_advise = details
+        if cmd == MigCmd.POSTCOPY_RAM_DISCARD and self.ram_sink is not None and self.ram is not None:
+            self._sink_runs(self.ram)  # the pages sent before the command are dropped by it
+            self.ram_sink.discard(str(details.get("block")), details.get("ranges", []))
         self.records.append(Record(start, rt.COMMAND, r.pos, command=cmd.name, depth=depth, details=details))
         if cmd == MigCmd.PACKAGED:
             # The records inside are read up to the end of the data even when the
@@ -395,7 +417,11 @@ class _Parser:
 
 
 def parse_stream(
-    buf: memoryview, desc: Mapping[str, Any] | None = None, *, window: Window | None = None
+    buf: memoryview,
+    desc: Mapping[str, Any] | None = None,
+    *,
+    window: Window | None = None,
+    ram_sink: RamSink | None = None,
 ) -> ParsedStream:
     """Parse a whole stream held in ``buf`` (``desc``: a VM description to use instead of the stream's).
 
@@ -403,12 +429,13 @@ def parse_stream(
     bytes are given back once indexed, and device sections are decoded at the
     end, with the description.  A stream without section footers keeps every
     byte instead, and what was read is parsed again as a whole once its
-    description is at hand.
+    description is at hand.  ``ram_sink`` takes the pages of a one-pass
+    stream before their bytes are given back.
     """
     try:
         if window is None:
             return _Parser(buf, desc).parse()
-        first = _Parser(buf, desc, window)
+        first = _Parser(buf, desc, window, ram_sink)
         try:
             parsed = first.parse()
         except MigstreamError:
