@@ -1,5 +1,6 @@
 /*
- * Compiled scanner of RAM page records: the hot loop of RamDecoder.read_section.
+ * Compiled scanner of RAM page records: the hot loop of RamDecoder.read_section;
+ * and the writer of page intervals to an image file (write_pages, further down).
  *
  * QEMU: migration/ram.c (ram_load_precopy, ram_save_page, save_zero_page)
  *
@@ -20,7 +21,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 /* RAM_SAVE_FLAG_* (declared for Python in migstream/wire/constants.py) */
 #define F_ZERO 0x002u
@@ -359,6 +364,183 @@ done:
     return result;
 }
 
+/* write_pages(buf, fd, dst, src, stride, count, page_size) -> bytes written
+ *
+ * Writes DATA intervals of one source buffer to a file: interval i is count[i]
+ * pages, page k read at buf[src[i] + k * stride[i]] and written at file offset
+ * dst[i] + k * page_size.  The columns are native int64 buffers of one length.
+ * Every source range is checked against the buffer (and every destination
+ * against the largest file offset) before anything is written: ValueError on a
+ * violation.  The pages go out with pwritev straight from the buffer, up to
+ * IOV_MAX pieces per call: adjacent pieces in the source share one iovec, and
+ * pieces whose destinations follow each other share one call.  The GIL is
+ * released while writing; short writes and EINTR are retried; any other
+ * failure raises OSError. */
+#define WRITE_BATCH_BYTES ((size_t)1 << 30)
+
+typedef struct {
+    int fd;
+    struct iovec iov[IOV_MAX];
+    int niov;
+    size_t bytes;   /* in iov */
+    int64_t at;     /* file offset of iov[0] */
+    int err;        /* errno of a failed write, 0 while fine */
+} Batch;
+
+static int batch_flush(Batch *b)
+{
+    struct iovec *iov = b->iov;
+    int n = b->niov;
+    int64_t at = b->at;
+    while (n > 0) {
+        ssize_t done = pwritev(b->fd, iov, n, (off_t)at);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            b->err = errno;
+            return -1;
+        }
+        if (done == 0) {
+            b->err = EIO;
+            return -1;
+        }
+        at += done;
+        while (n > 0 && (size_t)done >= iov->iov_len) {
+            done -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= (size_t)done;
+        }
+    }
+    b->niov = 0;
+    b->bytes = 0;
+    return 0;
+}
+
+/* Queue len bytes from p for file offset at (len <= WRITE_BATCH_BYTES). */
+static int batch_add(Batch *b, const char *p, size_t len, int64_t at)
+{
+    if (b->niov > 0) {
+        struct iovec *last = &b->iov[b->niov - 1];
+        int follows = at == b->at + (int64_t)b->bytes && b->bytes + len <= WRITE_BATCH_BYTES;
+        if (follows && (const char *)last->iov_base + last->iov_len == p) {
+            last->iov_len += len;
+            b->bytes += len;
+            return 0;
+        }
+        if (!follows || b->niov == IOV_MAX) {
+            if (batch_flush(b) < 0)
+                return -1;
+        }
+    }
+    if (b->niov == 0)
+        b->at = at;
+    b->iov[b->niov].iov_base = (void *)p;
+    b->iov[b->niov].iov_len = len;
+    b->niov++;
+    b->bytes += len;
+    return 0;
+}
+
+static PyObject *write_pages(PyObject *self, PyObject *args)
+{
+    Py_buffer buf, db, sb, tb, cb;
+    int fd;
+    long long page_size;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*iy*y*y*y*L", &buf, &fd, &db, &sb, &tb, &cb, &page_size))
+        return NULL;
+    PyObject *result = NULL;
+    Batch *b = NULL;
+    Py_ssize_t n = db.len / 8;
+    if (db.len % 8 || sb.len != db.len || tb.len != db.len || cb.len != db.len) {
+        PyErr_SetString(PyExc_ValueError, "write_pages: columns are not int64 columns of one length");
+        goto done;
+    }
+    if (page_size <= 0 || (uint64_t)page_size > MAX_PAGE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "write_pages: page size out of range");
+        goto done;
+    }
+    const int64_t *dst = (const int64_t *)db.buf, *src = (const int64_t *)sb.buf;
+    const int64_t *stride = (const int64_t *)tb.buf, *count = (const int64_t *)cb.buf;
+    const int64_t ps = (int64_t)page_size, blen = (int64_t)buf.len;
+    int64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t d, s, t, c, last, span, end;
+        memcpy(&d, dst + i, 8);
+        memcpy(&s, src + i, 8);
+        memcpy(&t, stride + i, 8);
+        memcpy(&c, count + i, 8);
+        if (c == 0)
+            continue;
+        if (c < 0 || s < 0 || t < 0 || d < 0 || __builtin_mul_overflow(c - 1, t, &last) ||
+            __builtin_add_overflow(s, last, &last) || __builtin_add_overflow(last, ps, &last) || last > blen) {
+            PyErr_Format(PyExc_ValueError, "write_pages: interval %zd reads outside its source buffer", i);
+            goto done;
+        }
+        if (__builtin_mul_overflow(c, ps, &span) || __builtin_add_overflow(d, span, &end) ||
+            __builtin_add_overflow(total, span, &total)) {
+            PyErr_Format(PyExc_ValueError, "write_pages: interval %zd ends past the largest file offset", i);
+            goto done;
+        }
+    }
+    b = PyMem_Malloc(sizeof(Batch));
+    if (b == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    b->fd = fd;
+    b->niov = 0;
+    b->bytes = 0;
+    b->at = 0;
+    b->err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    const char *base = (const char *)buf.buf;
+    for (Py_ssize_t i = 0; i < n && !b->err; i++) {
+        int64_t d, s, t, c;
+        memcpy(&d, dst + i, 8);
+        memcpy(&s, src + i, 8);
+        memcpy(&t, stride + i, 8);
+        memcpy(&c, count + i, 8);
+        if (t == ps) {
+            /* contiguous in the source: pieces of at most WRITE_BATCH_BYTES */
+            int64_t left = c * ps;
+            while (left > 0 && !b->err) {
+                int64_t piece = left < (int64_t)WRITE_BATCH_BYTES ? left : (int64_t)WRITE_BATCH_BYTES;
+                if (batch_add(b, base + s, (size_t)piece, d) < 0)
+                    break;
+                s += piece;
+                d += piece;
+                left -= piece;
+            }
+        } else {
+            for (int64_t k = 0; k < c; k++)
+                if (batch_add(b, base + s + k * t, (size_t)ps, d + k * ps) < 0)
+                    break;
+        }
+    }
+    if (!b->err && b->niov > 0)
+        batch_flush(b);
+    Py_END_ALLOW_THREADS
+    if (b->err) {
+        errno = b->err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = PyLong_FromLongLong(total);
+done:
+    PyMem_Free(b);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&tb);
+    PyBuffer_Release(&cb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buf, pos, end, page_size, sizes, by_name, current_block) -> "
@@ -366,11 +548,14 @@ static PyMethodDef methods[] = {
      "Consume RAM page records from pos; stop before the first one it does not take."},
     {"page_totals", page_totals, METH_VARARGS,
      "page_totals(block, kind, count, nblocks) -> [(block, kind, pages), ...] in first-seen order, or None"},
+    {"write_pages", write_pages, METH_VARARGS,
+     "write_pages(buf, fd, dst, src, stride, count, page_size) -> bytes written\n\n"
+     "pwritev the pages of DATA intervals of one source buffer to fd (columns: int64)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_scan", "Compiled scanner of RAM page records.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_scan", "Compiled scanner of RAM page records and writer of page intervals.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 
