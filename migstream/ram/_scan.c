@@ -24,7 +24,6 @@
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -394,7 +393,8 @@ static int batch_flush(Batch *b)
     int n = b->niov;
     int64_t at = b->at;
     while (n > 0) {
-        ssize_t done = pwritev(b->fd, iov, n, (off_t)at);
+        ssize_t done = n == 1 ? pwrite(b->fd, iov->iov_base, iov->iov_len, (off_t)at)
+                              : pwritev(b->fd, iov, n, (off_t)at);
         if (done < 0) {
             if (errno == EINTR)
                 continue;
@@ -468,7 +468,7 @@ static PyObject *write_pages(PyObject *self, PyObject *args)
     const int64_t *dst = (const int64_t *)db.buf, *src = (const int64_t *)sb.buf;
     const int64_t *stride = (const int64_t *)tb.buf, *count = (const int64_t *)cb.buf;
     const int64_t ps = (int64_t)page_size, blen = (int64_t)buf.len;
-    int64_t total = 0, lo = blen, hi = 0;
+    int64_t total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t d, s, t, c, last, span, end;
         memcpy(&d, dst + i, 8);
@@ -487,10 +487,6 @@ static PyObject *write_pages(PyObject *self, PyObject *args)
             PyErr_Format(PyExc_ValueError, "write_pages: interval %zd ends past the largest file offset", i);
             goto done;
         }
-        if (s < lo)
-            lo = s;
-        if (last > hi)
-            hi = last;
     }
     b = PyMem_Malloc(sizeof(Batch));
     if (b == NULL) {
@@ -504,16 +500,6 @@ static PyObject *write_pages(PyObject *self, PyObject *args)
     b->err = 0;
     Py_BEGIN_ALLOW_THREADS
     const char *base = (const char *)buf.buf;
-#ifdef MADV_POPULATE_READ
-    if (lo < hi) {
-        /* Map the source pages in one go rather than by a fault per page inside the writes
-         * (only an optimisation: a failure, on an older kernel say, is ignored). */
-        long pg = sysconf(_SC_PAGESIZE);
-        uintptr_t a = (uintptr_t)(base + lo), z = (uintptr_t)(base + hi);
-        a -= a % (uintptr_t)pg;
-        (void)madvise((void *)a, z - a, MADV_POPULATE_READ);
-    }
-#endif
     for (Py_ssize_t i = 0; i < n && !b->err; i++) {
         int64_t d, s, t, c;
         memcpy(&d, dst + i, 8);
