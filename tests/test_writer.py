@@ -279,3 +279,21 @@ def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert writer._load_compiled() is None
     monkeypatch.setenv("MIGSTREAM_PURE_PYTHON", "0")
     assert writer._load_compiled() is not None
+
+
+def test_writer_resumes_after_a_signal_check(tmp_path: Path) -> None:
+    """Over 256 MiB in one call: the writer stops to see to signals and goes on with its batch."""
+    ps = 1 << 20
+    buf = bytes(range(256)) * (ps // 256) + b"\x01" * ps
+    out = tmp_path / "o"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        d, s, t, c = _cols((0, 0, 0, 300), (300 * ps, ps, ps, 1))  # stride 0: one page 300 times
+        assert writer.write_pages(memoryview(buf), fd, d, s, t, c, ps) == 301 * ps
+        assert os.fstat(fd).st_size == 301 * ps
+        for p in (0, 255, 256, 257, 299):
+            assert os.pread(fd, ps, p * ps) == buf[:ps], p
+        assert os.pread(fd, ps, 300 * ps) == buf[ps:]
+    finally:
+        os.close(fd)
+        out.unlink()

@@ -374,9 +374,10 @@ done:
  * violation.  The pages go out with pwritev straight from the buffer, up to
  * IOV_MAX pieces per call: adjacent pieces in the source share one iovec, and
  * pieces whose destinations follow each other share one call.  The GIL is
- * released while writing; short writes and EINTR are retried; any other
- * failure raises OSError. */
+ * released while writing (taken back now and then to see to signals); short
+ * writes and EINTR are retried; any other failure raises OSError. */
 #define WRITE_BATCH_BYTES ((size_t)1 << 30)
+#define SIGNAL_CHECK_BYTES ((size_t)256 << 20)
 
 typedef struct {
     int fd;
@@ -498,34 +499,41 @@ static PyObject *write_pages(PyObject *self, PyObject *args)
     b->bytes = 0;
     b->at = 0;
     b->err = 0;
-    Py_BEGIN_ALLOW_THREADS
     const char *base = (const char *)buf.buf;
-    for (Py_ssize_t i = 0; i < n && !b->err; i++) {
-        int64_t d, s, t, c;
-        memcpy(&d, dst + i, 8);
-        memcpy(&s, src + i, 8);
-        memcpy(&t, stride + i, 8);
-        memcpy(&c, count + i, 8);
-        if (t == ps) {
-            /* contiguous in the source: pieces of at most WRITE_BATCH_BYTES */
-            int64_t left = c * ps;
-            while (left > 0 && !b->err) {
-                int64_t piece = left < (int64_t)WRITE_BATCH_BYTES ? left : (int64_t)WRITE_BATCH_BYTES;
-                if (batch_add(b, base + s, (size_t)piece, d) < 0)
-                    break;
-                s += piece;
-                d += piece;
-                left -= piece;
+    Py_ssize_t i = 0;
+    int64_t k = 0; /* pages of interval i queued so far */
+    while (i < n && !b->err) {
+        /* The GIL is taken back every SIGNAL_CHECK_BYTES to see to signals (Ctrl-C). */
+        size_t budget = SIGNAL_CHECK_BYTES;
+        Py_BEGIN_ALLOW_THREADS
+        while (i < n && budget > 0) {
+            int64_t d, s, t, c;
+            memcpy(&d, dst + i, 8);
+            memcpy(&s, src + i, 8);
+            memcpy(&t, stride + i, 8);
+            memcpy(&c, count + i, 8);
+            if (k >= c) {
+                i++;
+                k = 0;
+                continue;
             }
-        } else {
-            for (int64_t k = 0; k < c; k++)
-                if (batch_add(b, base + s + k * t, (size_t)ps, d + k * ps) < 0)
-                    break;
+            int64_t pages = 1;
+            if (t == ps) { /* contiguous in the source: one piece, within a batch */
+                int64_t cap = (int64_t)WRITE_BATCH_BYTES / ps;
+                pages = c - k < cap ? c - k : cap;
+            }
+            size_t len = (size_t)(pages * ps);
+            if (batch_add(b, base + s + k * t, len, d + k * ps) < 0)
+                break;
+            k += pages;
+            budget = len >= budget ? 0 : budget - len;
         }
+        if (!b->err && i >= n && b->niov > 0)
+            batch_flush(b);
+        Py_END_ALLOW_THREADS
+        if (!b->err && i < n && PyErr_CheckSignals() < 0)
+            goto done;
     }
-    if (!b->err && b->niov > 0)
-        batch_flush(b);
-    Py_END_ALLOW_THREADS
     if (b->err) {
         errno = b->err;
         PyErr_SetFromErrno(PyExc_OSError);
