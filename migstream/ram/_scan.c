@@ -1,5 +1,6 @@
 /*
- * Compiled scanner of RAM page records: the hot loop of RamDecoder.read_section.
+ * Compiled scanner of RAM page records: the hot loop of RamDecoder.read_section;
+ * and the writer of page intervals to an image file (write_pages, further down).
  *
  * QEMU: migration/ram.c (ram_load_precopy, ram_save_page, save_zero_page)
  *
@@ -20,7 +21,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <errno.h>
+#include <limits.h>
 #include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 /* RAM_SAVE_FLAG_* (declared for Python in migstream/wire/constants.py) */
 #define F_ZERO 0x002u
@@ -359,6 +364,235 @@ done:
     return result;
 }
 
+/* write_pages(buf, fd, dst, src, stride, count, page_size) -> bytes written
+ *
+ * Writes DATA intervals of one source buffer to a file: interval i is count[i]
+ * pages, page k read at buf[src[i] + k * stride[i]] and written at file offset
+ * dst[i] + k * page_size.  The columns are native int64 buffers of one length.
+ * Every source range is checked against the buffer (and every destination
+ * against the largest file offset) before anything is written: ValueError on a
+ * violation.  The pages go out with pwritev straight from the buffer, up to
+ * IOV_MAX pieces per call: adjacent pieces in the source share one iovec, and
+ * pieces whose destinations follow each other share one call; only long runs of
+ * pages at a stride are gathered into a staging buffer first (see stage_write).  The GIL is
+ * released while writing (taken back now and then to see to signals); short
+ * writes and EINTR are retried; any other failure raises OSError. */
+#define WRITE_BATCH_BYTES ((size_t)1 << 30)
+#define SIGNAL_CHECK_BYTES ((size_t)256 << 20)
+/* Runs of at least STAGE_MIN_PAGES pages at a stride (page size at most STAGE_BYTES / 16) are
+ * gathered into a buffer of STAGE_BYTES and written from there. */
+#define STAGE_BYTES ((size_t)8 << 20)
+#define STAGE_MIN_PAGES 16
+
+typedef struct {
+    int fd;
+    struct iovec iov[IOV_MAX];
+    int niov;
+    size_t bytes;   /* in iov */
+    int64_t at;     /* file offset of iov[0] */
+    int err;        /* errno of a failed write, 0 while fine */
+    char *stage;    /* STAGE_BYTES, for runs of pages at a stride */
+} Batch;
+
+/* pwritev all of iov (consumed as it goes) at file offset at: 0, or -1 with the errno in *err. */
+static int write_iov(int fd, struct iovec *iov, int n, int64_t at, int *err)
+{
+    while (n > 0) {
+        ssize_t done = n == 1 ? pwrite(fd, iov->iov_base, iov->iov_len, (off_t)at) : pwritev(fd, iov, n, (off_t)at);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = errno;
+            return -1;
+        }
+        if (done == 0) {
+            *err = EIO;
+            return -1;
+        }
+        at += done;
+        while (n > 0 && (size_t)done >= iov->iov_len) {
+            done -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= (size_t)done;
+        }
+    }
+    return 0;
+}
+
+static int batch_flush(Batch *b)
+{
+    if (write_iov(b->fd, b->iov, b->niov, b->at, &b->err) < 0)
+        return -1;
+    b->niov = 0;
+    b->bytes = 0;
+    return 0;
+}
+
+/* Pages at a stride, bound for adjacent file offsets: copied into the staging buffer, one write
+ * (writes straight from a mapped file, page by page, measure slower than this copy). */
+static int stage_write(Batch *b, const char *p, int64_t stride, int64_t pages, int64_t ps, int64_t at)
+{
+    for (int64_t k = 0; k < pages; k++)
+        memcpy(b->stage + k * ps, p + k * stride, (size_t)ps);
+    struct iovec one = {b->stage, (size_t)(pages * ps)};
+    return write_iov(b->fd, &one, 1, at, &b->err);
+}
+
+/* Queue len bytes from p for file offset at (len <= WRITE_BATCH_BYTES). */
+static int batch_add(Batch *b, const char *p, size_t len, int64_t at)
+{
+    if (b->niov > 0) {
+        struct iovec *last = &b->iov[b->niov - 1];
+        int follows = at == b->at + (int64_t)b->bytes && b->bytes + len <= WRITE_BATCH_BYTES;
+        if (follows && (const char *)last->iov_base + last->iov_len == p) {
+            last->iov_len += len;
+            b->bytes += len;
+            return 0;
+        }
+        if (!follows || b->niov == IOV_MAX) {
+            if (batch_flush(b) < 0)
+                return -1;
+        }
+    }
+    if (b->niov == 0)
+        b->at = at;
+    b->iov[b->niov].iov_base = (void *)p;
+    b->iov[b->niov].iov_len = len;
+    b->niov++;
+    b->bytes += len;
+    return 0;
+}
+
+static PyObject *write_pages(PyObject *self, PyObject *args)
+{
+    Py_buffer buf, db, sb, tb, cb;
+    int fd;
+    long long page_size;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*iy*y*y*y*L", &buf, &fd, &db, &sb, &tb, &cb, &page_size))
+        return NULL;
+    PyObject *result = NULL;
+    Batch *b = NULL;
+    Py_ssize_t n = db.len / 8;
+    if (db.len % 8 || sb.len != db.len || tb.len != db.len || cb.len != db.len) {
+        PyErr_SetString(PyExc_ValueError, "write_pages: columns are not int64 columns of one length");
+        goto done;
+    }
+    if (page_size <= 0 || (uint64_t)page_size > MAX_PAGE_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "write_pages: page size out of range");
+        goto done;
+    }
+    const int64_t *dst = (const int64_t *)db.buf, *src = (const int64_t *)sb.buf;
+    const int64_t *stride = (const int64_t *)tb.buf, *count = (const int64_t *)cb.buf;
+    const int64_t ps = (int64_t)page_size, blen = (int64_t)buf.len;
+    int64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t d, s, t, c, last, span, end;
+        memcpy(&d, dst + i, 8);
+        memcpy(&s, src + i, 8);
+        memcpy(&t, stride + i, 8);
+        memcpy(&c, count + i, 8);
+        if (c == 0)
+            continue;
+        if (c < 0 || s < 0 || t < 0 || d < 0 || __builtin_mul_overflow(c - 1, t, &last) ||
+            __builtin_add_overflow(s, last, &last) || __builtin_add_overflow(last, ps, &last) || last > blen) {
+            PyErr_Format(PyExc_ValueError, "write_pages: interval %zd reads outside its source buffer", i);
+            goto done;
+        }
+        if (__builtin_mul_overflow(c, ps, &span) || __builtin_add_overflow(d, span, &end) ||
+            __builtin_add_overflow(total, span, &total)) {
+            PyErr_Format(PyExc_ValueError, "write_pages: interval %zd ends past the largest file offset", i);
+            goto done;
+        }
+    }
+    b = PyMem_Malloc(sizeof(Batch));
+    if (b == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    b->fd = fd;
+    b->niov = 0;
+    b->bytes = 0;
+    b->at = 0;
+    b->err = 0;
+    b->stage = NULL;
+    if ((size_t)ps <= STAGE_BYTES / STAGE_MIN_PAGES) {
+        for (Py_ssize_t j = 0; j < n && b->stage == NULL; j++) {
+            int64_t t, c;
+            memcpy(&t, stride + j, 8);
+            memcpy(&c, count + j, 8);
+            if (t != ps && c >= STAGE_MIN_PAGES) {
+                b->stage = PyMem_Malloc(STAGE_BYTES);
+                if (b->stage == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+            }
+        }
+    }
+    const char *base = (const char *)buf.buf;
+    Py_ssize_t i = 0;
+    int64_t k = 0; /* pages of interval i queued so far */
+    while (i < n && !b->err) {
+        /* The GIL is taken back every SIGNAL_CHECK_BYTES to see to signals (Ctrl-C). */
+        size_t budget = SIGNAL_CHECK_BYTES;
+        Py_BEGIN_ALLOW_THREADS
+        while (i < n && budget > 0) {
+            int64_t d, s, t, c;
+            memcpy(&d, dst + i, 8);
+            memcpy(&s, src + i, 8);
+            memcpy(&t, stride + i, 8);
+            memcpy(&c, count + i, 8);
+            if (k >= c) {
+                i++;
+                k = 0;
+                continue;
+            }
+            int64_t pages = 1;
+            int staged = 0;
+            if (t == ps) { /* contiguous in the source: one piece, within a batch */
+                int64_t cap = (int64_t)WRITE_BATCH_BYTES / ps;
+                pages = c - k < cap ? c - k : cap;
+            } else if (b->stage != NULL && c - k >= STAGE_MIN_PAGES) {
+                int64_t cap = (int64_t)STAGE_BYTES / ps;
+                pages = c - k < cap ? c - k : cap;
+                staged = 1;
+            }
+            size_t len = (size_t)(pages * ps);
+            if (staged ? stage_write(b, base + s + k * t, t, pages, ps, d + k * ps) < 0
+                       : batch_add(b, base + s + k * t, len, d + k * ps) < 0)
+                break;
+            k += pages;
+            budget = len >= budget ? 0 : budget - len;
+        }
+        if (!b->err && i >= n && b->niov > 0)
+            batch_flush(b);
+        Py_END_ALLOW_THREADS
+        if (!b->err && i < n && PyErr_CheckSignals() < 0)
+            goto done;
+    }
+    if (b->err) {
+        errno = b->err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    result = PyLong_FromLongLong(total);
+done:
+    if (b != NULL)
+        PyMem_Free(b->stage);
+    PyMem_Free(b);
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&tb);
+    PyBuffer_Release(&cb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buf, pos, end, page_size, sizes, by_name, current_block) -> "
@@ -366,11 +600,14 @@ static PyMethodDef methods[] = {
      "Consume RAM page records from pos; stop before the first one it does not take."},
     {"page_totals", page_totals, METH_VARARGS,
      "page_totals(block, kind, count, nblocks) -> [(block, kind, pages), ...] in first-seen order, or None"},
+    {"write_pages", write_pages, METH_VARARGS,
+     "write_pages(buf, fd, dst, src, stride, count, page_size) -> bytes written\n\n"
+     "pwritev the pages of DATA intervals of one source buffer to fd (columns: int64)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_scan", "Compiled scanner of RAM page records.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_scan", "Compiled scanner of RAM page records and writer of page intervals.", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

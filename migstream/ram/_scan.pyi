@@ -1,5 +1,7 @@
 from array import array
 
+from typing_extensions import Buffer
+
 def scan(
     buf: memoryview | bytes,
     pos: int,
@@ -14,3 +16,14 @@ def scan(
 def page_totals(
     block: array[int], kind: array[int], count: array[int], nblocks: int, /
 ) -> list[tuple[int, int, int]] | None: ...
+
+def write_pages(
+    buf: memoryview | bytes,
+    fd: int,
+    dst: Buffer,
+    src: Buffer,
+    stride: Buffer,
+    count: Buffer,
+    page_size: int,
+    /,
+) -> int: ...

@@ -24,7 +24,7 @@ import numpy as np
 
 from migstream.containers.source import Source
 from migstream.errors import StreamFormatError
-from migstream.ram.intervals import ABSENT, COMPRESS, DATA, FILL, XBZRLE, ZERO, Intervals, resolve
+from migstream.ram.intervals import ABSENT, COMPRESS, DATA, FILL, XBZRLE, ZERO, Intervals, Ints, resolve
 from migstream.ram.model import RamIndex
 from migstream.ram.xbzrle import apply_xbzrle
 
@@ -109,6 +109,22 @@ class PageMap:
             for s, e, k, ch, src, st in cols:
                 s2, e2 = max(s, first), min(e, stop)
                 yield s2, e2 - s2, k, ch, src + (s2 - s) * st, st
+
+    def columns(
+        self, block: int, first: int = 0, count: int | None = None
+    ) -> tuple[Ints, Ints, Ints, Ints, Ints, Ints]:
+        """:meth:`spans` as numpy columns: (first page, pages, kind, channel, src, stride)."""
+        ix = self.index
+        lo, hi = ix.bounds[block], ix.bounds[block + 1]
+        a = lo + int(np.searchsorted(ix.end[lo:hi], first, "right"))
+        stop = (1 << 62) if count is None else first + count
+        b = hi if count is None else lo + int(np.searchsorted(ix.start[lo:hi], stop, "left"))
+        b = max(a, b)
+        start = ix.start[a:b]
+        s = np.maximum(start, first)
+        e = np.minimum(ix.end[a:b], stop)
+        src = ix.src[a:b] + (s - start) * ix.stride[a:b]
+        return s, e - s, ix.kind[a:b], ix.channel[a:b], src, ix.stride[a:b]
 
     def channel_buffer(self, channel: int) -> memoryview:
         return self.sources[channel].buffer
