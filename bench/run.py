@@ -75,6 +75,8 @@ RATIOS: list[tuple[str, str, str, float | None]] = [
     ("memory elf / cp", "migstream memory elf", "cp", 1.5),
     ("extract / cp", "migstream extract", "cp", 1.5),
     ("extract / QEMU -x", "migstream extract", "QEMU script -x", None),
+    ("cat | memory raw - / cp", "cat | migstream memory raw -", "cp", None),
+    ("cat | memory raw - / memory raw", "cat | migstream memory raw -", "migstream memory raw", None),
 ]
 
 
@@ -318,6 +320,20 @@ def main(argv: list[str] | None = None) -> int:
             env={"TMPDIR": str(small_tmp)},
         )
     )
+    outs["cat | migstream memory raw -"] = tmp / "pipe-memory.raw"
+    rows.append(
+        Row(
+            "cat | migstream memory raw -",
+            [
+                "sh",
+                "-c",
+                f"cat {shlex.quote(str(stream))} | {shlex.join(cli)} memory - -o "
+                f"{shlex.quote(str(tmp / 'pipe-memory.raw'))} 2>/dev/null",
+            ],
+            "file",
+            env={"TMPDIR": str(small_tmp)},
+        )
+    )
     outs["cp"] = tmp / "copy.mig"
     rows.append(Row("cp", ["cp", "--reflink=never", str(stream), str(outs["cp"])], "file"))
     for name, case_args, kind in MIGSTREAM_CASES:
@@ -359,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         run_row(row, repeat, args.timeout, out, args.cold)
         if not args.no_check and not row.error and blob_info is not None and out is not None:
             blobs, ram_size = blob_info
-            if row.name == "migstream memory raw":
+            if row.name in ("migstream memory raw", "cat | migstream memory raw -"):
                 row.check = check_memory_raw(out, blobs)
             elif row.name == "migstream memory elf":
                 row.check = check_memory_elf(out, blobs)

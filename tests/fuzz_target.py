@@ -139,7 +139,40 @@ def exercise(data: bytes, *, channels: Sequence[bytes] = (), memory_listing: boo
         step("info_json", lambda: json.dumps(info_json(stream)))
         step("state_document", lambda: json.dumps(state_document(stream)))
         step("render_state", lambda: json.dumps(render_state(stream, memory=memory_listing)))
+    if not channels:
+        step("one_pass", lambda: _one_pass(data))
     return out
+
+
+class _Once(io.RawIOBase):
+    """The bytes as a pipe gives them: read once, no descriptor, no seeking."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self._data.readinto(buffer)
+
+
+def _one_pass(data: bytes) -> None:
+    """The same bytes read once: records and state without pages, then with pages staged."""
+    import tempfile
+
+    import migstream
+    from migstream.outputs.info import info_json
+    from migstream.outputs.state_json import state_document
+
+    with migstream.open(_Once(data), pages=False) as s:
+        json.dumps(info_json(s))
+        json.dumps(state_document(s))
+    with tempfile.TemporaryDirectory() as d, migstream.open(_Once(data), stage_dir=d) as s:
+        pm = s.pagemap()
+        for b in s.ram_blocks:
+            pm.read(b.index, 0, min(b.size, 1 << 16))
 
 
 # -- seeds ---------------------------------------------------------------------------------------------

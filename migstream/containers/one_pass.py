@@ -70,7 +70,9 @@ def open_one_pass(target: Any, limit: int) -> tuple[Source | None, bytes, IO[byt
     """
     name, fd, stream = _descriptor(target)
     if fd is None:
-        return None, b"", None
+        if stream is None:
+            return None, b"", None
+        return _pipe(name, stream, limit, owned=False)  # a file object with no descriptor
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
@@ -110,7 +112,13 @@ def _descriptor(target: Any) -> tuple[str, int | None, IO[bytes] | None]:
     try:
         return name, os.dup(target.fileno()), target
     except (OSError, ValueError, AttributeError):
-        return name, None, None
+        seekable = getattr(target, "seekable", None)
+        try:
+            if callable(seekable) and seekable():
+                return name, None, None  # random access without a descriptor: copied as before
+        except (OSError, ValueError):
+            pass
+        return name, None, target
 
 
 def _tell(stream: IO[bytes] | None, fd: int) -> int:

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from migstream.errors import LimitError
+from migstream.errors import LimitError, UsageError
 from migstream.ram.intervals import DATA, FILL, Built, Intervals
 from migstream.ram.model import PageKind, RamBlock, RamIndex, RamStats, RunTable
 from migstream.ram.pagemap import PageMap
+from migstream.ram.writer import compiled_writer, write_pages
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 #: Pages gathered per write from between record headers.
@@ -48,7 +49,7 @@ class PageStage:
         self.limit = limit
         self.blocks: list[RamBlock] = []
         self.base: list[int] = []
-        self._written: list[np.ndarray | None] = []
+        self._written: list[_PageSet] = []
         self.present: list[bool] = []
         self.size = 0
         self.done = 0  # runs applied so far
@@ -67,20 +68,20 @@ class PageStage:
                 )
             self.blocks.append(block)
             self.base.append(self.size)
-            self._written.append(None)
+            self._written.append(_PageSet(pages))
             self.present.append(False)
             self.size += pages * ps
         os.ftruncate(self.fd, self.size)
 
-    def _bits(self, block: int) -> np.ndarray:
-        bits = self._written[block]
-        if bits is None:
-            bits = self._written[block] = np.zeros(-(-self.blocks[block].size // self.page_size), np.bool_)
-        return bits
-
     # -- applying runs -----------------------------------------------------------------------------------
     def apply(self, page_size: int, blocks: Sequence[RamBlock], runs: RunTable, buffer: memoryview) -> None:
         """Apply runs ``[done, len(runs))``, whose bytes are in ``buffer``, to the file."""
+        try:
+            self._apply(page_size, blocks, runs, buffer)
+        except OSError as exc:
+            raise UsageError(f"cannot write the staging file of the pages: {exc.strerror or exc}") from None
+
+    def _apply(self, page_size: int, blocks: Sequence[RamBlock], runs: RunTable, buffer: memoryview) -> None:
         self.page_size = self.page_size or page_size
         n = len(runs)
         if len(blocks) > len(self.blocks):
@@ -106,56 +107,69 @@ class PageStage:
             self._write_block(pm, b)
 
     def _clear_written(self, block: np.ndarray, first: np.ndarray, count: np.ndarray) -> None:
-        ps = self.page_size
+        """Pages of these runs that hold data are cleared (their records come from the stream: bounded)."""
         for b in np.unique(block).tolist():
-            bits = self._written[b]
-            if bits is None:
+            written = self._written[b]
+            if not written.chunks:
                 continue
             sel = block == b
-            starts, counts = first[sel], count[sel]
-            pages = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-            pages = pages[pages < len(bits)]
-            hit = pages[bits[pages]]
-            if not len(hit):
-                continue
-            bits[hit] = False
-            zeros = bytes(ps)
-            for p in hit.tolist():  # pages re-sent as zero after their data: rare
-                _pwrite_all(self.fd, zeros, self.base[b] + p * ps)
+            pages = _pages_of(first[sel], count[sel])
+            self._zero(b, written.take(pages[(pages >= 0) & (pages < written.pages)]))
+
+    def _zero(self, b: int, hit: np.ndarray) -> None:
+        ps = self.page_size
+        zeros = bytes(ps)
+        for p in hit.tolist():  # pages sent as zero, or dropped, after their data: rare
+            _pwrite_all(self.fd, zeros, self.base[b] + p * ps)
 
     def _write_block(self, pm: PageMap, b: int) -> None:
         ps = self.page_size
         base = self.base[b]
-        bits = self._bits(b)
         view = pm.channel_buffer(0)
-        for p0, cnt, kind, _ch, src, stride in pm.spans(b):
+        first, count, kind, _ch, src, stride = pm.columns(b)
+        data = kind == DATA
+        if compiled_writer is not None and data.any():
+            write_pages(view, self.fd, base + first[data] * ps, src[data], stride[data], count[data], ps)
+            rows = np.flatnonzero(~data).tolist()
+        else:
+            rows = list(range(len(first)))
+        for i in rows:
+            p0, cnt, k, at, st = int(first[i]), int(count[i]), int(kind[i]), int(src[i]), int(stride[i])
             dst = base + p0 * ps
-            if kind == DATA and stride == ps:
-                _pwrite_all(self.fd, view[src : src + cnt * ps], dst)
-            elif kind == DATA:
+            if k == DATA and st == ps:
+                _pwrite_all(self.fd, view[at : at + cnt * ps], dst)
+            elif k == DATA:
                 for c0 in range(0, cnt, _GATHER_PAGES):
-                    k = min(_GATHER_PAGES, cnt - c0)
-                    rows = np.ndarray(
-                        (k, ps), dtype=np.uint8, buffer=view, offset=src + c0 * stride, strides=(stride, 1)
+                    n = min(_GATHER_PAGES, cnt - c0)
+                    pages = np.ndarray(
+                        (n, ps), dtype=np.uint8, buffer=view, offset=at + c0 * st, strides=(st, 1)
                     )
-                    _pwrite_all(self.fd, np.ascontiguousarray(rows).data, dst + c0 * ps)
-            elif kind == FILL:
-                _pwrite_all(self.fd, bytes([src]) * (cnt * ps), dst)
+                    _pwrite_all(self.fd, np.ascontiguousarray(pages).data, dst + c0 * ps)
+            elif k == FILL:
+                _pwrite_all(self.fd, bytes([at]) * (cnt * ps), dst)
             else:
                 absent = os.pread(self.fd, ps, dst).ljust(ps, b"\0")
-                _pwrite_all(self.fd, pm.built_page(src, absent_base=absent), dst)
-            bits[p0 : p0 + cnt] = True
+                _pwrite_all(self.fd, pm.built_page(at, absent_base=absent), dst)
+        self._written[b].add(_pages_of(first, count))
 
     def discard(self, name: str, ranges: Sequence[Sequence[int]]) -> None:
         """Pages a POSTCOPY_RAM_DISCARD command drops: cleared (they read as zeros)."""
-        ps = self.page_size
+        try:
+            self._discard(name, ranges)
+        except OSError as exc:
+            raise UsageError(f"cannot write the staging file of the pages: {exc.strerror or exc}") from None
+
+    def _discard(self, name: str, ranges: Sequence[Sequence[int]]) -> None:
+        ps = self.page_size or 1
         for i, block in enumerate(self.blocks):
             if block.name != name:
                 continue
-            starts = np.array([int(r[0]) // ps for r in ranges], dtype=np.int64)
-            counts = np.array([-(-int(r[1]) // ps) for r in ranges], dtype=np.int64)
-            if len(starts):
-                self._clear_written(np.full(len(starts), i, dtype=np.int64), starts, counts)
+            written = self._written[i]
+            for start, length in ranges:
+                first = int(start) // ps
+                stop = min(written.pages, -(-(int(start) + int(length)) // ps))
+                if stop > first:
+                    self._zero(i, written.take_range(first, stop))
 
     # -- the result --------------------------------------------------------------------------------------
     def intervals(self) -> Intervals:
@@ -164,16 +178,11 @@ class PageStage:
         bounds = [0]
         starts, ends, srcs = [], [], []
         for b in range(len(self.blocks)):
-            bits = self._written[b]
-            if bits is not None and bits.any():
-                edges = np.flatnonzero(np.diff(np.concatenate(([False], bits, [False])).astype(np.int8)))
-                s, e = edges[0::2].astype(np.int64), edges[1::2].astype(np.int64)
-                starts.append(s)
-                ends.append(e)
-                srcs.append(self.base[b] + s * ps)
-                bounds.append(bounds[-1] + len(s))
-            else:
-                bounds.append(bounds[-1])
+            s, e = self._written[b].runs()
+            starts.append(s)
+            ends.append(e)
+            srcs.append(self.base[b] + s * ps)
+            bounds.append(bounds[-1] + len(s))
         start = np.concatenate(starts) if starts else _EMPTY
         n = len(start)
         empty_built = Built(*(_EMPTY for _ in range(7)))
@@ -192,7 +201,7 @@ class PageStage:
 
     @property
     def data_bytes(self) -> int:
-        return sum(int(b.sum()) for b in self._written if b is not None) * self.page_size
+        return sum(w.count() for w in self._written) * self.page_size
 
 
 def _columns(runs: RunTable) -> list[memoryview]:
@@ -207,3 +216,86 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
+
+
+class _PageSet:
+    """Pages of one block, as bits allocated a chunk at a time where pages were written: memory
+    follows the pages the stream sent, never the size a block claims."""
+
+    CHUNK_BITS = 15
+
+    def __init__(self, pages: int) -> None:
+        self.pages = pages
+        self.chunks: dict[int, np.ndarray] = {}
+
+    def _groups(self, pages: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """``pages`` (in range) split by chunk: (chunk id, offsets within it)."""
+        if not len(pages):
+            return []
+        ids = pages >> self.CHUNK_BITS
+        order = np.argsort(ids, kind="stable")
+        ids, pages = ids[order], pages[order]
+        cuts = np.flatnonzero(np.diff(ids)) + 1
+        mask = (1 << self.CHUNK_BITS) - 1
+        return [(int(part[0]) >> self.CHUNK_BITS, part & mask) for part in np.split(pages, cuts)]
+
+    def add(self, pages: np.ndarray) -> None:
+        for cid, offs in self._groups(pages):
+            chunk = self.chunks.get(cid)
+            if chunk is None:
+                chunk = self.chunks[cid] = np.zeros(1 << self.CHUNK_BITS, np.bool_)
+            chunk[offs] = True
+
+    def take(self, pages: np.ndarray) -> np.ndarray:
+        """The pages of ``pages`` that were in the set, now removed."""
+        hits = []
+        for cid, offs in self._groups(pages):
+            chunk = self.chunks.get(cid)
+            if chunk is None:
+                continue
+            hit = offs[chunk[offs]]
+            chunk[hit] = False
+            hits.append(hit + (cid << self.CHUNK_BITS))
+        return np.concatenate(hits) if hits else _EMPTY
+
+    def take_range(self, first: int, stop: int) -> np.ndarray:
+        """The pages of ``[first, stop)`` that were in the set, now removed (by chunk, not by page)."""
+        hits = []
+        lo, hi = first >> self.CHUNK_BITS, (stop - 1) >> self.CHUNK_BITS
+        for cid in sorted(c for c in self.chunks if lo <= c <= hi):
+            base = cid << self.CHUNK_BITS
+            a, b = max(first - base, 0), min(stop - base, 1 << self.CHUNK_BITS)
+            chunk = self.chunks[cid]
+            hit = np.flatnonzero(chunk[a:b]) + a
+            chunk[hit] = False
+            hits.append(hit + base)
+        return np.concatenate(hits) if hits else _EMPTY
+
+    def runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(starts, ends)`` of the set's page runs, in order."""
+        starts, ends = [], []
+        for cid in sorted(self.chunks):
+            chunk = self.chunks[cid]
+            edges = np.flatnonzero(np.diff(np.concatenate(([False], chunk, [False])).astype(np.int8)))
+            base = cid << self.CHUNK_BITS
+            starts.append(edges[0::2] + base)
+            ends.append(edges[1::2] + base)
+        if not starts:
+            return _EMPTY, _EMPTY
+        s, e = np.concatenate(starts).astype(np.int64), np.concatenate(ends).astype(np.int64)
+        joined = np.flatnonzero(s[1:] == e[:-1])  # runs across a chunk border are one run
+        keep = np.ones(len(s), np.bool_)
+        keep[joined + 1] = False
+        e_out = np.delete(e, joined)
+        return s[keep], e_out
+
+    def count(self) -> int:
+        return int(sum(int(c.sum()) for c in self.chunks.values()))
+
+
+def _pages_of(first: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Every page of the runs ``[first, first + count)``, concatenated."""
+    total = int(count.sum())
+    if not total:
+        return _EMPTY
+    return np.repeat(first - np.cumsum(count) + count, count) + np.arange(total, dtype=np.int64)
