@@ -139,9 +139,14 @@ def exercise(data: bytes, *, channels: Sequence[bytes] = (), memory_listing: boo
         step("info_json", lambda: json.dumps(info_json(stream)))
         step("state_document", lambda: json.dumps(state_document(stream)))
         step("render_state", lambda: json.dumps(render_state(stream, memory=memory_listing)))
-    if not channels:
+    if not channels and len(data) <= ONE_PASS_LIMIT:
         step("one_pass", lambda: _one_pass(data))
     return out
+
+
+#: Largest input also read once (as from a pipe) by :func:`exercise`: the same parse again, with
+#: the one-pass reader and the page staging.
+ONE_PASS_LIMIT = 1 << 20
 
 
 class _Once(io.RawIOBase):

@@ -10,7 +10,7 @@ read up to the cut, and says where and inside what the stream ends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from migstream.errors import LimitError, MigstreamError, StreamFormatError, TruncatedError, UnsupportedError
@@ -91,7 +91,7 @@ class _Parser:
             index_descriptions(self.desc) if self.desc is not None else {},
             have_desc=self.desc is not None,
             foreign_desc=self.foreign_desc,
-            scan_to_footer=self._scan_to_footer,
+            scan_to_footer=_footer_scanner(self.sections),  # not a bound method: no cycle to the parser
             diagnostics=self.diagnostics,
             known_sections=self.sections,
         )
@@ -157,7 +157,7 @@ class _Parser:
         try:
             self._loop(r, depth=0)
         except TruncatedError as exc:
-            self.truncated = exc
+            self.truncated = exc.with_traceback(None)  # no frames (nor the buffer they read) kept
         except UnsizableSection as exc:
             self.diagnostics.append(Diagnostic("warning", f"records stop being read here: {exc}", exc.offset))
         return self._result()
@@ -414,6 +414,13 @@ class _Parser:
             r.pos = inner.pos
             r.need(end - r.pos, "the PACKAGED payload")
             r.pos = end
+
+
+def _footer_scanner(sections: dict[int, SectionEntry]) -> Callable[[Reader, SectionEntry], None]:
+    def scan(r: Reader, sec: SectionEntry) -> None:
+        scan_to_footer(r, sec.section_id, sections)
+
+    return scan
 
 
 def parse_stream(
