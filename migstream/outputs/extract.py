@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from migstream.errors import MigstreamError, UsageError
-from migstream.outputs.memory import absent_blocks, open_output, write_block_range
+from migstream.outputs.memory import absent_blocks, open_output
+from migstream.ram.writer import write_block_range
 
 if TYPE_CHECKING:
     from migstream.api import Stream

@@ -21,14 +21,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from migstream.errors import LimitError, UsageError
-from migstream.ram.intervals import DATA, FILL, Built, Intervals
+from migstream.ram.intervals import DATA, Built, Intervals
 from migstream.ram.model import PageKind, RamBlock, RamIndex, RamStats, RunTable
 from migstream.ram.pagemap import PageMap
-from migstream.ram.writer import compiled_writer, write_pages
+from migstream.ram.writer import Staging, pwrite_all, write_block_range
 
 _EMPTY = np.zeros(0, dtype=np.int64)
-#: Pages gathered per write from between record headers.
-_GATHER_PAGES = 2048
 
 
 class _View:
@@ -53,6 +51,7 @@ class PageStage:
         self.present: list[bool] = []
         self.size = 0
         self.done = 0  # runs applied so far
+        self._staging: Staging | None = None
         self.warnings: list[str] = []
 
     # -- layout ------------------------------------------------------------------------------------
@@ -83,6 +82,8 @@ class PageStage:
 
     def _apply(self, page_size: int, blocks: Sequence[RamBlock], runs: RunTable, buffer: memoryview) -> None:
         self.page_size = self.page_size or page_size
+        if self._staging is None:
+            self._staging = Staging(self.page_size, overwrite=True)
         n = len(runs)
         if len(blocks) > len(self.blocks):
             self._layout(blocks)
@@ -120,36 +121,12 @@ class PageStage:
         ps = self.page_size
         zeros = bytes(ps)
         for p in hit.tolist():  # pages sent as zero, or dropped, after their data: rare
-            _pwrite_all(self.fd, zeros, self.base[b] + p * ps)
+            pwrite_all(self.fd, zeros, self.base[b] + p * ps)
 
     def _write_block(self, pm: PageMap, b: int) -> None:
-        ps = self.page_size
-        base = self.base[b]
-        view = pm.channel_buffer(0)
-        first, count, kind, _ch, src, stride = pm.columns(b)
-        data = kind == DATA
-        if compiled_writer is not None and data.any():
-            write_pages(view, self.fd, base + first[data] * ps, src[data], stride[data], count[data], ps)
-            rows = np.flatnonzero(~data).tolist()
-        else:
-            rows = list(range(len(first)))
-        for i in rows:
-            p0, cnt, k, at, st = int(first[i]), int(count[i]), int(kind[i]), int(src[i]), int(stride[i])
-            dst = base + p0 * ps
-            if k == DATA and st == ps:
-                _pwrite_all(self.fd, view[at : at + cnt * ps], dst)
-            elif k == DATA:
-                for c0 in range(0, cnt, _GATHER_PAGES):
-                    n = min(_GATHER_PAGES, cnt - c0)
-                    pages = np.ndarray(
-                        (n, ps), dtype=np.uint8, buffer=view, offset=at + c0 * st, strides=(st, 1)
-                    )
-                    _pwrite_all(self.fd, np.ascontiguousarray(pages).data, dst + c0 * ps)
-            elif k == FILL:
-                _pwrite_all(self.fd, bytes([at]) * (cnt * ps), dst)
-            else:
-                absent = os.pread(self.fd, ps, dst).ljust(ps, b"\0")
-                _pwrite_all(self.fd, pm.built_page(at, absent_base=absent), dst)
+        pages = -(-self.blocks[b].size // self.page_size)
+        write_block_range(pm, b, 0, pages, self.fd, self.base[b], staging=self._staging)
+        first, count, *_ = pm.columns(b)
         self._written[b].add(_pages_of(first, count))
 
     def discard(self, name: str, ranges: Sequence[Sequence[int]]) -> None:
@@ -209,13 +186,6 @@ def _columns(runs: RunTable) -> list[memoryview]:
         memoryview(c)
         for c in (runs.block, runs.addr, runs.count, runs.kind, runs.offset, runs.stride, runs.skip, runs.aux)
     ]
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data).cast("B")
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
 
 
 class _PageSet:
