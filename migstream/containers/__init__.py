@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from migstream.containers import libvirt
-from migstream.containers._io import DEFAULT_MAX_SIZE, copy_capped, file_size, new_temp_fd, pread_upto
+from migstream.containers._io import (
+    DEFAULT_MAX_SIZE,
+    copy_capped,
+    file_size,
+    new_temp_fd,
+    pread_upto,
+    read_head,
+)
 from migstream.containers.magic import (
     COMPRESSIONS,
     KIND_LIBVIRT,
@@ -171,7 +178,7 @@ def _spool(
     ``head``: bytes of the stream already read.
     """
     if head is None or len(head) < SNIFF_BYTES:
-        head = (head or b"") + _read_head(stream, name)
+        head = (head or b"") + read_head(stream, SNIFF_BYTES, name)
     if not _recognisable(head, magic):
         raise ContainerError(f"{name}: {_not_a_stream(_Layer(-1, 0, 0), head)}")
     out = new_temp_fd()
@@ -184,22 +191,6 @@ def _spool(
         os.close(out)
         raise
     return out, 0, size
-
-
-def _read_head(stream: IO[bytes], name: str) -> bytes:
-    """The first :data:`SNIFF_BYTES` of a stream (fewer only at its end)."""
-    parts: list[bytes] = []
-    want = SNIFF_BYTES
-    try:
-        while want > 0:
-            chunk = stream.read(want)
-            if not chunk:
-                break
-            parts.append(chunk)
-            want -= len(chunk)
-    except (OSError, ValueError) as exc:
-        raise ContainerError(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}") from None
-    return b"".join(parts)
 
 
 def _recognisable(head: bytes, magic: bytes | None) -> bool:

@@ -66,6 +66,26 @@ def pread_upto(fd: int, offset: int, length: int) -> bytes:
     return b"".join(parts)
 
 
+def read_head(
+    reader: Readable, size: int, name: str, errors: tuple[type[BaseException], ...] = (OSError, ValueError)
+) -> bytes:
+    """The first ``size`` bytes of a forward-only reader (fewer only at its end); ``errors`` become
+    a :class:`ContainerError` naming ``name``."""
+    parts: list[bytes] = []
+    try:
+        while size > 0:
+            chunk = reader.read(size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size -= len(chunk)
+    except ContainerError:
+        raise
+    except errors as exc:
+        raise ContainerError(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}") from None
+    return b"".join(parts)
+
+
 def new_temp_fd() -> int:
     """An empty read-write temporary file that is already unlinked."""
     try:

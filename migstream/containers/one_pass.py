@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from migstream.containers._io import buffered_window
+from migstream.containers._io import buffered_window, read_head
 from migstream.containers.compressed import DECODE_ERRORS, OPENERS, check_zstd_frames
 from migstream.containers.magic import KIND_RAW, KIND_ZSTD, SNIFF_BYTES, sniff
 from migstream.containers.source import Source
@@ -144,7 +144,6 @@ def _compressed_file(name: str, fd: int, start: int, size: int, limit: int) -> S
             kind,
             buffered_window(own, start, size),
             limit,
-            on_other=lambda: None,
             closer=lambda: os.close(own),
         )
     except BaseException:
@@ -158,7 +157,7 @@ def _compressed_file(name: str, fd: int, start: int, size: int, limit: int) -> S
 def _pipe(
     name: str, pipe: IO[bytes], limit: int, *, owned: bool
 ) -> tuple[Source | None, bytes, IO[bytes] | None]:
-    head = _read_head(pipe, name)
+    head = read_head(pipe, SNIFF_BYTES, name)
     kind = sniff(head)
     if kind == KIND_RAW:
         window = StreamWindow(_Reader(pipe), name, limit, head=head, closer=pipe.close if owned else None)
@@ -166,15 +165,10 @@ def _pipe(
     if kind in OPENERS:
         assert kind is not None
         replay = Replay(head, pipe)
-        consumed: list[bytes] = []
-
-        def other() -> None:
-            consumed.extend(replay.recorded)
-
-        src = _decompressing(name, kind, replay, limit, on_other=other, closer=pipe.close if owned else None)
+        src = _decompressing(name, kind, replay, limit, closer=pipe.close if owned else None)
         if src is not None:
             return src, b"", None
-        return None, b"".join(consumed), pipe
+        return None, b"".join(replay.recorded), pipe  # what the decompressor read, to spool first
     return None, head, pipe
 
 
@@ -184,14 +178,13 @@ def _decompressing(
     raw: Any,
     limit: int,
     *,
-    on_other: Callable[[], None],
     closer: Callable[[], None] | None = None,
 ) -> Source | None:
-    """A window over the decompressor of ``raw`` if it holds a plain stream; else ``on_other()``, None."""
+    """A window over the decompressor of ``raw`` if it holds a plain stream, else None."""
     what = f"{kind}-compressed data"
     try:
         reader: Any = OPENERS[kind](raw)
-        inner = _read_head(reader, f"{name} ({what})")
+        inner = read_head(reader, SNIFF_BYTES, f"{name} ({what})", DECODE_ERRORS)
     except ContainerError:
         raise
     except DECODE_ERRORS as exc:
@@ -199,7 +192,6 @@ def _decompressing(
     if sniff(inner) != KIND_RAW:
         with contextlib.suppress(Exception):
             reader.close()
-        on_other()
         return None
     if isinstance(raw, Replay):
         raw.recording = False
@@ -231,20 +223,3 @@ class _Reader:
         data = self._read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
-
-
-def _read_head(reader: Any, name: str) -> bytes:
-    parts: list[bytes] = []
-    want = SNIFF_BYTES
-    try:
-        while want > 0:
-            chunk = reader.read(want)
-            if not chunk:
-                break
-            parts.append(chunk)
-            want -= len(chunk)
-    except ContainerError:
-        raise
-    except DECODE_ERRORS as exc:
-        raise ContainerError(f"cannot read {name}: {getattr(exc, 'strerror', None) or exc}") from None
-    return b"".join(parts)
