@@ -61,11 +61,16 @@ def _open(
     )
 
 
+def _data_bytes(stream: Stream) -> int:
+    pm = stream.pagemap()
+    return sum(pm.data_bytes(b.index) for b in stream.ram_blocks)
+
+
 def _staged_note(stream: Stream) -> None:
     if stream.stage is not None:
         sys.stderr.write(
             f"{PROG}: note: the input was read once; its pages were written as they came into an "
-            f"unlinked file beside the output ({stream.pagemap().data_bytes_total()} bytes), "
+            f"unlinked file beside the output ({_data_bytes(stream)} bytes), "
             "then copied into place\n"
         )
 
@@ -152,8 +157,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     with _open(args, args.inputs, output=args.output) as stream:
         progress = None
         if sys.stderr.isatty():
-            pm = stream.pagemap()
-            progress = Progress("extract", sum(pm.data_bytes(b.index) for b in stream.ram_blocks))
+            progress = Progress("extract", _data_bytes(stream))
         try:
             for line in extract(stream, args.output, force=args.force, progress=progress):
                 sys.stdout.write(line + "\n")

@@ -98,10 +98,6 @@ class StreamWindow:
                 self.filled += got
         return self.filled
 
-    def fill_all(self) -> int:
-        """Read the input to its end."""
-        return self.fill(self.capacity + 1)
-
     def release(self, start: int, stop: int) -> None:
         """Give back the memory of ``[start, stop)`` (whole aligned pieces only)."""
         if self._map is None:

@@ -235,10 +235,6 @@ class PageMap:
         e = np.clip(ix.end[lo:hi], first, stop)
         return int((e - s).sum()) * self.page_size
 
-    def data_bytes_total(self) -> int:
-        """Bytes of page data over every block."""
-        return int((self.index.end - self.index.start).sum()) * self.page_size
-
     def present(self, block: int) -> bool:
         """Whether any page of the block came in the stream (zero pages count)."""
         return self.index.present[block]

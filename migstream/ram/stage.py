@@ -176,10 +176,6 @@ class PageStage:
             warnings=list(self.warnings),
         )
 
-    @property
-    def data_bytes(self) -> int:
-        return sum(w.count() for w in self._written) * self.page_size
-
 
 def _columns(runs: RunTable) -> list[memoryview]:
     return [
@@ -258,9 +254,6 @@ class _PageSet:
         keep[joined + 1] = False
         e_out = np.delete(e, joined)
         return s[keep], e_out
-
-    def count(self) -> int:
-        return int(sum(int(c.sum()) for c in self.chunks.values()))
 
 
 def _pages_of(first: np.ndarray, count: np.ndarray) -> np.ndarray:
